@@ -1,0 +1,98 @@
+//! End-to-end tests: the seed's scenario in real network namespaces, with the real eBPF
+//! program, real curl, socat and httpbin, and postern started as a user starts it.
+//!
+//! Needs root and what `cargo xtask setup` installs. Every topology, postern and app belongs
+//! to a guard that cleans up, on failure too.
+
+mod apps;
+mod check;
+mod fail_closed;
+mod seed;
+mod transfer;
+
+use std::path::{Path, PathBuf};
+
+use postern_testbed::{Postern, SeedTopology, TopologyOptions};
+
+/// The binary under test, built by cargo for this test run.
+fn postern_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_postern"))
+}
+
+/// A topology with postern serving it. Fields drop in order: postern first (it is killed and
+/// its pins removed), then the namespaces.
+struct Running {
+    postern: Postern,
+    topology: SeedTopology,
+}
+
+impl Running {
+    /// The seed's topology with postern on the seed's manifests, verbatim.
+    fn seed() -> Running {
+        let topology = SeedTopology::build(TopologyOptions::default()).expect("seed topology");
+        let config = topology.seed_config().expect("seed manifests");
+        Running::start(topology, &config)
+    }
+
+    fn start(topology: SeedTopology, config: &[PathBuf]) -> Running {
+        let postern =
+            Postern::start(postern_bin(), &topology, config, &[]).expect("postern starts");
+        Running { postern, topology }
+    }
+
+    /// The access-log lines whose original destination is `dst` (`IP:PORT`).
+    fn access_lines_to(&self, dst: &str) -> Vec<String> {
+        let needle = format!("original_dst={dst} ");
+        self.postern
+            .access_log()
+            .into_iter()
+            .filter(|line| line.contains(&needle))
+            .collect()
+    }
+}
+
+/// Writes `text` (YAML) into the topology's work dir and returns its path.
+fn write_config(topology: &SeedTopology, name: &str, text: &str) -> PathBuf {
+    let path = topology.work_dir().join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The seed's Workload document for this topology, plus `rest` (more YAML documents).
+fn workload_and(topology: &SeedTopology, rest: &str) -> String {
+    format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: httpbin\n  namespace: test\n  labels:\n    app: httpbin\n    version: v1\nspec:\n  networkNamespace: {}\n---\n{rest}",
+        topology.pod_netns_path().display()
+    )
+}
+
+/// The path of the barrier request, which no test sends otherwise.
+const BARRIER_PATH: &str = "/status/204";
+
+/// How many requests httpbin served, counted once they have all been logged. gunicorn logs a
+/// request just after answering it, so a count taken right after curl could miss one. So a
+/// barrier request goes first, from inside the pod over loopback (never intercepted).
+/// httpbin's single sync worker serves and logs requests in order, so once the barrier is
+/// logged, everything before it is too. The barrier itself is not counted.
+fn httpbin_requests(topology: &SeedTopology) -> usize {
+    let barrier = format!("http://127.0.0.1:80{BARRIER_PATH}");
+    let result =
+        postern_testbed::curl(topology.pod(), ["-sS", "-o", "/dev/null", &barrier]).unwrap();
+    assert!(result.success(), "barrier request: {}", result.summary());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = topology.httpbin_access_log().unwrap();
+        let barriers = log
+            .iter()
+            .filter(|line| line.contains(BARRIER_PATH))
+            .count();
+        if barriers > 0 {
+            return log.len() - barriers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "httpbin never logged the barrier request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,258 @@
+//! `postern run`: turns the effective policy table into listeners, kernel steering and accept
+//! loops, and takes all of it down again on shutdown.
+//!
+//! Everything that can fail is done before anything is attached: TLS material is loaded and
+//! every listener created first, so a bad certificate never leaves a port half-served. If
+//! attaching to one namespace fails, the namespaces already attached are detached again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::netns::Netns;
+use crate::policy::{MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy};
+use crate::redirect::{Steering, SteeringRule};
+use crate::terminator::{self, Action, PortService, Timeouts};
+
+const STRICT_WITHOUT_IDENTITY: &str =
+    "PeerAuthentication STRICT requires mesh mTLS, and no mesh identity is configured";
+const PERMISSIVE_TLS_WITHOUT_IDENTITY: &str =
+    "PeerAuthentication PERMISSIVE: mesh mTLS is not available without a mesh identity; only plaintext is served";
+
+/// Settings of `postern run` that are not policy.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// bpffs directory for pinned kernel state.
+    pub bpffs: PathBuf,
+    pub timeouts: Timeouts,
+}
+
+/// One listener and what it serves, before anything is attached.
+struct Planned {
+    /// `namespace/name:port`, or `namespace/name:*` for every other port.
+    label: String,
+    port: Option<u16>,
+    destinations: Vec<Option<IpAddr>>,
+    intercept_loopback: bool,
+    listener: TcpListener,
+    service: Arc<PortService>,
+}
+
+/// Everything postern serves in one network namespace.
+struct NetnsPlan {
+    netns: Arc<Netns>,
+    planned: Vec<Planned>,
+}
+
+/// Serves `table` until `shutdown` completes, then detaches everything.
+pub async fn run(
+    table: &PolicyTable,
+    options: &RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    for warning in &table.warnings {
+        tracing::warn!("{warning}");
+    }
+    let plans = plan(table, options.timeouts)?;
+    let attached = attach_all(&plans, options)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let mut ports = 0;
+    let mut tasks = Vec::new();
+    for plan in plans {
+        for planned in plan.planned {
+            ports += usize::from(planned.port.is_some());
+            tracing::info!(listener = %planned.label, "serving");
+            tasks.push(tokio::spawn(terminator::serve(
+                planned.listener,
+                planned.service,
+                stopped.clone(),
+            )));
+        }
+    }
+    tracing::info!(
+        ports,
+        workloads = table.workloads.len(),
+        namespaces = attached.len(),
+        "postern is ready"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: detaching from every network namespace");
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    detach_all(attached)
+}
+
+/// Loads TLS material and creates every listener, per network namespace.
+fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Vec<NetnsPlan>> {
+    let mut by_netns: BTreeMap<&NetnsRef, Vec<&WorkloadPolicy>> = BTreeMap::new();
+    for workload in &table.workloads {
+        by_netns.entry(&workload.netns).or_default().push(workload);
+    }
+    let mut plans = Vec::new();
+    for (reference, workloads) in by_netns {
+        let netns = Arc::new(Netns::open(reference)?);
+        let mut planned = Vec::new();
+        for workload in workloads {
+            for port in &workload.ports {
+                planned.push(plan_port(workload, port, &netns, timeouts)?);
+            }
+            if workload.other_ports == MtlsMode::Strict {
+                planned.push(plan_other_ports(workload, &netns, timeouts)?);
+            }
+        }
+        if !planned.is_empty() {
+            plans.push(NetnsPlan { netns, planned });
+        }
+    }
+    Ok(plans)
+}
+
+fn plan_port(
+    workload: &WorkloadPolicy,
+    port: &PortPolicy,
+    netns: &Arc<Netns>,
+    timeouts: Timeouts,
+) -> anyhow::Result<Planned> {
+    let label = format!("{}:{}", workload.id(), port.port);
+    let action = match &port.action {
+        PortAction::Tls(settings) => {
+            let config = crate::tls::server_config(settings, port.protocol.alpn())
+                .with_context(|| format!("{label}: {} TLS", settings.mode))?;
+            Action::Tls(TlsAcceptor::from(config))
+        }
+        PortAction::Plaintext => Action::Plaintext,
+        PortAction::MeshStrict => Action::Reset(STRICT_WITHOUT_IDENTITY),
+        PortAction::Permissive => Action::Permissive(PERMISSIVE_TLS_WITHOUT_IDENTITY),
+    };
+    let destinations = match port.bind {
+        Some(bind) => vec![Some(bind)],
+        None => workload_destinations(workload),
+    };
+    Ok(Planned {
+        port: Some(port.port),
+        destinations,
+        intercept_loopback: true,
+        listener: listener(netns, &label)?,
+        service: Arc::new(PortService {
+            workload: workload.id(),
+            action,
+            endpoint: Some(port.endpoint.clone()),
+            netns: Arc::clone(netns),
+            timeouts,
+        }),
+        label,
+    })
+}
+
+/// STRICT covers every port, not only the configured ones, as Istio captures every inbound
+/// port: the rest are reset until mesh identities exist.
+fn plan_other_ports(
+    workload: &WorkloadPolicy,
+    netns: &Arc<Netns>,
+    timeouts: Timeouts,
+) -> anyhow::Result<Planned> {
+    let label = format!("{}:*", workload.id());
+    Ok(Planned {
+        port: None,
+        destinations: workload_destinations(workload),
+        intercept_loopback: false,
+        listener: listener(netns, &label)?,
+        service: Arc::new(PortService {
+            workload: workload.id(),
+            action: Action::Reset(STRICT_WITHOUT_IDENTITY),
+            endpoint: None,
+            netns: Arc::clone(netns),
+            timeouts,
+        }),
+        label,
+    })
+}
+
+fn workload_destinations(workload: &WorkloadPolicy) -> Vec<Option<IpAddr>> {
+    if workload.addresses.is_empty() {
+        vec![None]
+    } else {
+        workload.addresses.iter().copied().map(Some).collect()
+    }
+}
+
+fn listener(netns: &Netns, label: &str) -> anyhow::Result<TcpListener> {
+    terminator::bind_listener(netns).with_context(|| {
+        format!(
+            "{label}: cannot create a listener in network namespace {}",
+            netns.reference()
+        )
+    })
+}
+
+/// The kernel side of every namespace, with the rule labels for reading counters back.
+struct Attached {
+    steering: Steering,
+    labels: Vec<String>,
+}
+
+fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<Attached>> {
+    let mut attached = Vec::new();
+    for plan in plans {
+        let mut rules = Vec::new();
+        let mut labels = Vec::new();
+        for planned in &plan.planned {
+            for destination in &planned.destinations {
+                rules.push(SteeringRule {
+                    port: planned.port,
+                    destination: *destination,
+                    intercept_loopback: planned.intercept_loopback,
+                    listener: &planned.listener,
+                });
+                labels.push(match destination {
+                    Some(ip) => format!("{} to {ip}", planned.label),
+                    None => planned.label.clone(),
+                });
+            }
+        }
+        match Steering::attach(&plan.netns, &options.bpffs, &rules) {
+            Ok(steering) => attached.push(Attached { steering, labels }),
+            Err(e) => {
+                if let Err(undo) = detach_all(attached) {
+                    tracing::error!("while undoing a partial start: {undo:#}");
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(attached)
+}
+
+/// Logs what the kernel steered, then detaches. Tries every namespace even if one fails.
+fn detach_all(attached: Vec<Attached>) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    for Attached { steering, labels } in attached {
+        for (index, label) in labels.iter().enumerate() {
+            match steering.counters(index) {
+                Ok(c) => {
+                    tracing::info!(rule = %label, steered = c.steered, dropped = c.dropped, "kernel steering counters")
+                }
+                Err(e) => tracing::warn!(rule = %label, error = %e, "cannot read kernel counters"),
+            }
+        }
+        if let Err(e) = steering.detach() {
+            failures.push(e.to_string());
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("could not detach cleanly: {}", failures.join("; "))
+    }
+}

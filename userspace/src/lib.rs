@@ -1,0 +1,15 @@
+//! postern: terminates TLS for a workload's inbound ports, steered there by eBPF `sk_lookup`,
+//! configured with the Istio `Sidecar` and `PeerAuthentication` YAML users already have.
+//!
+//! One module per concern: `config` reads YAML into the effective `policy` table; `redirect`
+//! keeps the kernel side in step with it; `netns` creates sockets inside workload network
+//! namespaces; `tls` builds rustls configurations; `terminator` accepts, handshakes and
+//! splices.
+
+pub mod config;
+pub mod daemon;
+pub mod netns;
+pub mod policy;
+pub mod redirect;
+pub mod terminator;
+pub mod tls;

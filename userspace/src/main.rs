@@ -1,0 +1,190 @@
+//! The `postern` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use postern::config::{self, LoadOptions};
+use postern::daemon::{self, RunOptions};
+use postern::policy::{PolicyTable, PortAction};
+use postern::terminator::Timeouts;
+
+/// Terminates TLS for a workload's inbound ports, steered there by eBPF, configured with the
+/// Istio Sidecar and PeerAuthentication YAML you already have.
+#[derive(Parser)]
+#[command(name = "postern", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Intercept the configured ports and serve them until SIGINT or SIGTERM, then detach.
+    Run(RunArgs),
+    /// Validate the configuration (YAML and TLS files) and print the effective policy table.
+    Check(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// YAML files (multi-document streams) or directories of them.
+    #[arg(long = "config", short = 'c', required = true, num_args = 1..)]
+    config: Vec<PathBuf>,
+    /// Namespace of documents that name none, like `kubectl -n`.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// Istio's mesh root namespace: its selector-less PeerAuthentication applies mesh-wide.
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// bpffs directory where postern pins its kernel state.
+    #[arg(long, default_value = "/sys/fs/bpf/postern")]
+    bpffs: PathBuf,
+    /// Longest time from accept to a finished TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Longest time to connect to the app.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// How long a PERMISSIVE port waits for the client's first bytes before treating the
+    /// connection as a plaintext protocol where the server speaks first.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    detect_timeout: Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check(&args),
+        Command::Run(args) => run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> anyhow::Result<PolicyTable> {
+    let options = LoadOptions {
+        default_namespace: args.namespace.clone(),
+        root_namespace: args.root_namespace.clone(),
+    };
+    Ok(config::load(&args.config, &options)?)
+}
+
+fn check(args: &ConfigArgs) -> anyhow::Result<()> {
+    let table = load(args)?;
+    print!("{}", config::render_table(&table));
+    let mut problems = Vec::new();
+    for workload in &table.workloads {
+        for port in &workload.ports {
+            if let PortAction::Tls(settings) = &port.action {
+                if let Err(e) = postern::tls::server_config(settings, port.protocol.alpn()) {
+                    problems.push(format!("{}:{}: {e}", workload.id(), port.port));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("configuration is valid");
+        Ok(())
+    } else {
+        anyhow::bail!("TLS material is not usable:\n  {}", problems.join("\n  "))
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let table = load(&args.config)?;
+    let options = RunOptions {
+        bpffs: args.bpffs,
+        timeouts: Timeouts {
+            handshake: args.handshake_timeout,
+            detect: args.detect_timeout,
+            connect: args.connect_timeout,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        daemon::run(&table, &options, shutdown).await
+    })
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `10s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}`: expected a number with a unit, such as 10s or 500ms"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number with a unit, such as 10s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("unit"));
+        assert!(parse_duration("10h").unwrap_err().contains("ms, s or m"));
+    }
+}

@@ -1,0 +1,233 @@
+//! The effective policy table: what postern does for each (workload, port).
+//!
+//! `config` builds it from Istio `Sidecar` and `PeerAuthentication` documents and postern's
+//! own `Workload` documents; `redirect` and `terminator` act on it. It holds no Istio
+//! vocabulary beyond what the operator needs to recognise in `postern check`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// Where a workload's sockets live.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NetnsRef {
+    /// The network namespace postern itself runs in.
+    Host,
+    /// A network namespace file, such as `/run/netns/httpbin` or `/proc/PID/ns/net`.
+    Path(PathBuf),
+}
+
+impl fmt::Display for NetnsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetnsRef::Host => f.write_str("host"),
+            NetnsRef::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Effective PeerAuthentication mode, after Istio's precedence and inheritance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtlsMode {
+    Disable,
+    Permissive,
+    Strict,
+}
+
+impl fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        })
+    }
+}
+
+/// The application protocol a Sidecar ingress port declares (`port.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+    Http2,
+    Grpc,
+    GrpcWeb,
+    Tcp,
+    Tls,
+    Mongo,
+    Mysql,
+    Redis,
+}
+
+impl Protocol {
+    /// Parses Istio's protocol names, case-insensitively as Istio does.
+    pub fn parse(name: &str) -> Option<Protocol> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "HTTP" => Protocol::Http,
+            "HTTPS" => Protocol::Https,
+            "HTTP2" => Protocol::Http2,
+            "GRPC" => Protocol::Grpc,
+            "GRPC-WEB" => Protocol::GrpcWeb,
+            "TCP" => Protocol::Tcp,
+            "TLS" => Protocol::Tls,
+            "MONGO" => Protocol::Mongo,
+            "MYSQL" => Protocol::Mysql,
+            "REDIS" => Protocol::Redis,
+            _ => return None,
+        })
+    }
+
+    /// ALPN protocols offered to clients. postern is an L4 terminator: the decrypted bytes go
+    /// to the app unchanged, so it must never agree on a protocol the app does not speak.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http | Protocol::Https | Protocol::GrpcWeb => &[b"http/1.1"],
+            Protocol::Http2 | Protocol::Grpc => &[b"h2"],
+            Protocol::Tcp | Protocol::Tls | Protocol::Mongo | Protocol::Mysql | Protocol::Redis => {
+                &[]
+            }
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-WEB",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+            Protocol::Mongo => "MONGO",
+            Protocol::Mysql => "MYSQL",
+            Protocol::Redis => "REDIS",
+        })
+    }
+}
+
+/// Where decrypted traffic goes: the app, inside the workload's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Always a loopback address; `0.0.0.0:PORT` in a Sidecar means `127.0.0.1:PORT`.
+    Tcp(SocketAddr),
+    /// `unix://PATH`, a path in postern's own mount namespace.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Server certificate only.
+    Simple,
+    /// Server certificate, and a client certificate verified against `ca_certificates`.
+    Mutual,
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+        })
+    }
+}
+
+/// A Sidecar ingress `tls` block, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    pub server_certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Required for `Mutual`; `None` for `Simple`.
+    pub ca_certificates: Option<PathBuf>,
+}
+
+/// What postern does with a connection to an intercepted port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortAction {
+    /// PeerAuthentication DISABLE with Sidecar `tls`: terminate TLS, then splice.
+    Tls(TlsSettings),
+    /// PeerAuthentication DISABLE without `tls`: splice the bytes as they come.
+    Plaintext,
+    /// PeerAuthentication STRICT: only mesh mutual TLS may pass. Until mesh identities exist,
+    /// nothing can satisfy it, so every connection is reset.
+    MeshStrict,
+    /// PeerAuthentication PERMISSIVE: mesh mutual TLS or plaintext, told apart by the first
+    /// bytes. Until mesh identities exist, TLS is reset and plaintext is spliced.
+    Permissive,
+}
+
+impl fmt::Display for PortAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortAction::Tls(tls) => write!(f, "{} TLS", tls.mode),
+            PortAction::Plaintext => f.write_str("PLAINTEXT"),
+            PortAction::MeshStrict => f.write_str("MESH MTLS (STRICT)"),
+            PortAction::Permissive => f.write_str("PERMISSIVE"),
+        }
+    }
+}
+
+/// One intercepted port of one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub port: u16,
+    /// `port.name` from the Sidecar, if any.
+    pub name: Option<String>,
+    /// `port.protocol` from the Sidecar; `Tcp` for a port known only from `portLevelMtls`.
+    pub protocol: Protocol,
+    /// Sidecar `bind`: intercept only connections to this address.
+    pub bind: Option<IpAddr>,
+    pub endpoint: Endpoint,
+    /// The PeerAuthentication mode in effect for this port.
+    pub mtls: MtlsMode,
+    pub action: PortAction,
+    /// Which documents decided this row, e.g. `Sidecar test/ingress-sidecar, PeerAuthentication
+    /// test/disable-peer-auth-for-external-mtls-port`.
+    pub source: String,
+}
+
+/// Everything postern does for one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub netns: NetnsRef,
+    /// Destination addresses that belong to this workload; empty means every address of the
+    /// network namespace. Needed when several workloads share one (the host's).
+    pub addresses: Vec<IpAddr>,
+    /// Sorted by port, no duplicates.
+    pub ports: Vec<PortPolicy>,
+    /// The workload-level mode, which governs every port not listed in `ports`. STRICT means
+    /// they are intercepted too (and reset until mesh identities exist), exactly as Istio
+    /// captures every inbound port.
+    pub other_ports: MtlsMode,
+    /// Where `other_ports` came from (the PeerAuthentication, or Istio's default).
+    pub other_ports_source: String,
+}
+
+impl WorkloadPolicy {
+    /// `namespace/name`, as the operator wrote it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The whole effective policy: what `postern check` prints and `postern run` enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub workloads: Vec<WorkloadPolicy>,
+    /// Things that are valid but worth the operator's attention (e.g. Sidecar `tls` that a
+    /// STRICT PeerAuthentication overrides). Printed by `check`, logged by `run`.
+    pub warnings: Vec<String>,
+}

@@ -1,0 +1,343 @@
+//! Accepts the connections the kernel steers to postern, applies the port's policy, and
+//! splices the result to the app.
+//!
+//! One accept loop per listener, one task per connection. Every connection ends with exactly
+//! one access-log line (target `postern::access`).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::netns::Netns;
+use crate::policy::Endpoint;
+
+/// Source address of postern's connections to the app; the eBPF program never intercepts it.
+pub const APP_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+/// Size of each direction's copy buffer: one TLS record's worth of plaintext.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What the listener does with each connection.
+pub enum Action {
+    /// Terminate TLS, then splice to the app.
+    Tls(TlsAcceptor),
+    /// Splice the bytes as they come.
+    Plaintext,
+    /// Reset every connection once the client has spoken (or the handshake timeout passed),
+    /// so the client sees "connection reset by peer", as Istio's clients do on a STRICT port.
+    Reset(&'static str),
+    /// A TLS ClientHello is reset with the given reason; anything else is spliced.
+    Permissive(&'static str),
+}
+
+/// Timeouts that bound every connection's set-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// From accept to a finished TLS handshake (or to the first bytes, for `Reset`).
+    pub handshake: Duration,
+    /// How long `Permissive` waits for the first bytes before taking the connection as a
+    /// plaintext protocol in which the server speaks first.
+    pub detect: Duration,
+    /// To connect to the app.
+    pub connect: Duration,
+}
+
+/// One listener's policy: which workload, what to do, where the app is.
+pub struct PortService {
+    /// `namespace/name` of the workload.
+    pub workload: String,
+    pub action: Action,
+    /// Where the app is; `None` when the action never reaches it.
+    pub endpoint: Option<Endpoint>,
+    pub netns: Arc<Netns>,
+    pub timeouts: Timeouts,
+}
+
+/// Creates a listening socket inside `netns`. The kernel hands it connections through
+/// `bpf_sk_assign`, whatever their destination, so it only needs a local address nobody else
+/// reaches: an ephemeral port on IPv4 loopback. It is an IPv6 socket bound to the v4-mapped
+/// `::ffff:127.0.0.1`: binding a non-mapped IPv6 address would make the kernel mark it
+/// IPv6-only, and `bpf_sk_assign` then refuses IPv4 connections. So one socket takes both
+/// families. Where IPv6 sockets cannot be created at all, an IPv4 socket serves IPv4 alone
+/// (IPv6 connections then fail closed in the kernel).
+pub fn bind_listener(netns: &Netns) -> io::Result<TcpListener> {
+    let listener = netns.run(|| {
+        let mapped = SocketAddr::from((Ipv4Addr::LOCALHOST.to_ipv6_mapped(), 0));
+        listen_on(mapped).or_else(|e| {
+            tracing::warn!(netns = %netns.reference(), error = %e, "no IPv6 sockets in the network namespace; serving IPv4 only");
+            listen_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        })
+    })?;
+    TcpListener::from_std(listener)
+}
+
+fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Accepts until `shutdown` turns true; each connection runs on its own task.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<PortService>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            // The value only ever turns true: any change (or a dropped sender) means stop.
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(handle(stream, peer, Arc::clone(&service)));
+                }
+                Err(e) => {
+                    // Out of file descriptors or memory: back off rather than spin.
+                    tracing::error!(workload = %service.workload, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// What one connection did, for its access-log line.
+#[derive(Default)]
+struct Record {
+    tls_version: Option<&'static str>,
+    client_subject: Option<String>,
+    alpn: Option<String>,
+    bytes_from_client: u64,
+    bytes_to_client: u64,
+}
+
+/// Why a connection ended before or during splicing.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("TLS handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    #[error("{0}")]
+    Reset(&'static str),
+    #[error("cannot connect to the app at {endpoint}: {error}")]
+    Connect { endpoint: String, error: io::Error },
+    #[error("connection broke: {0}")]
+    Splice(io::Error),
+}
+
+impl Failure {
+    /// A short, stable word for dashboards and grep.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::HandshakeTimeout(_) => "handshake_timeout",
+            Failure::Handshake(_) => "handshake_failed",
+            Failure::Reset(_) => "reset",
+            Failure::Connect { .. } => "app_unreachable",
+            Failure::Splice(_) => "broken",
+        }
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>) {
+    let started = Instant::now();
+    let original_dst = stream
+        .local_addr()
+        .map(canonical)
+        .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    let mut record = Record::default();
+    let result = apply_policy(stream, &service, &mut record).await;
+    let (outcome, reason) = match &result {
+        Ok(()) => ("ok", String::new()),
+        Err(failure) => (failure.outcome(), failure.to_string()),
+    };
+    tracing::info!(
+        target: "postern::access",
+        workload = %service.workload,
+        port = original_dst.port(),
+        original_dst = %original_dst,
+        peer = %canonical(peer),
+        tls_version = %record.tls_version.unwrap_or("-"),
+        client_subject = ?record.client_subject.as_deref().unwrap_or("-"),
+        alpn = %record.alpn.as_deref().unwrap_or("-"),
+        bytes_from_client = record.bytes_from_client,
+        bytes_to_client = record.bytes_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome = %outcome,
+        reason = ?reason,
+    );
+}
+
+async fn apply_policy(
+    stream: TcpStream,
+    service: &PortService,
+    record: &mut Record,
+) -> Result<(), Failure> {
+    let timeouts = service.timeouts;
+    match &service.action {
+        Action::Tls(acceptor) => {
+            let tls = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream))
+                .await
+                .map_err(|_| Failure::HandshakeTimeout(timeouts.handshake))?
+                .map_err(Failure::Handshake)?;
+            let (_, session) = tls.get_ref();
+            record.tls_version = session.protocol_version().map(crate::tls::version_name);
+            record.client_subject = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::certificate_subject);
+            record.alpn = session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned());
+            to_app(tls, service, record).await
+        }
+        Action::Plaintext => to_app(stream, service, record).await,
+        Action::Reset(reason) => {
+            // Wait for the client's first bytes so it sees a reset in answer to what it sent,
+            // not a refusal of its connect: the same error (curl exit 56) as from Istio.
+            let mut first = [0u8; 1];
+            let _ = tokio::time::timeout(timeouts.handshake, stream.peek(&mut first)).await;
+            reset(stream);
+            Err(Failure::Reset(reason))
+        }
+        Action::Permissive(tls_reason) => {
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(timeouts.detect, stream.peek(&mut first)).await;
+            if matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD {
+                reset(stream);
+                return Err(Failure::Reset(tls_reason));
+            }
+            to_app(stream, service, record).await
+        }
+    }
+}
+
+/// Closes with RST instead of FIN.
+fn reset(stream: TcpStream) {
+    if let Err(e) = stream.set_zero_linger() {
+        tracing::debug!(error = %e, "cannot set SO_LINGER 0; closing with FIN");
+    }
+}
+
+async fn to_app<C>(client: C, service: &PortService, record: &mut Record) -> Result<(), Failure>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let endpoint = service
+        .endpoint
+        .as_ref()
+        .expect("policies that reach the app have an endpoint");
+    let connect_failed = |error: io::Error| Failure::Connect {
+        endpoint: endpoint.to_string(),
+        error,
+    };
+    let timeout = service.timeouts.connect;
+    let connecting = async {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let app = connect_tcp(&service.netns, *addr).await?;
+                Ok(App::Tcp(app))
+            }
+            Endpoint::Unix(path) => Ok(App::Unix(UnixStream::connect(path).await?)),
+        }
+    };
+    let app = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| {
+            connect_failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ))
+        })?
+        .map_err(connect_failed)?;
+    match app {
+        App::Tcp(app) => splice(client, app, record).await,
+        App::Unix(app) => splice(client, app, record).await,
+    }
+    .map_err(Failure::Splice)
+}
+
+enum App {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Connects to the app from 127.0.0.6, inside the workload's network namespace.
+async fn connect_tcp(netns: &Netns, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = netns.run(TcpSocket::new_v4)?;
+    socket.bind(SocketAddr::from((APP_SOURCE, 0)))?;
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+/// Copies both ways until both sides have finished sending. Each side's end of stream is
+/// passed on as a half-close (FIN, or TLS close_notify then FIN), so a client that stops
+/// sending can still receive the whole answer, and the other way round.
+async fn splice<C, A>(client: C, app: A, record: &mut Record) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut app_read, mut app_write) = tokio::io::split(app);
+    let upstream = pump(
+        &mut client_read,
+        &mut app_write,
+        &mut record.bytes_from_client,
+    );
+    let downstream = pump(
+        &mut app_read,
+        &mut client_write,
+        &mut record.bytes_to_client,
+    );
+    tokio::try_join!(upstream, downstream).map(|_| ())
+}
+
+async fn pump<R, W>(from: &mut R, to: &mut W, moved: &mut u64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(n) => n,
+            // A TLS client that closes its TCP side without close_notify: its bytes so far are
+            // complete records, so pass the end of stream on like a FIN, as a TCP proxy must.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buffer[..n]).await?;
+        to.flush().await?;
+        *moved += n as u64;
+    }
+}
+
+/// `::ffff:a.b.c.d` (what a dual-stack socket reports for IPv4) as plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(IpAddr::to_canonical(&addr.ip()), addr.port())
+}
