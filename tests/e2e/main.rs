@@ -11,6 +11,7 @@ mod seed;
 mod transfer;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use postern_testbed::{Postern, SeedTopology, TopologyOptions};
 
@@ -40,14 +41,24 @@ impl Running {
         Running { postern, topology }
     }
 
-    /// The access-log lines whose original destination is `dst` (`IP:PORT`).
+    /// The access-log lines whose original destination is `dst` (`IP:PORT`). A line is
+    /// written when its connection ends, which may be just after the client gave up, so this
+    /// waits (up to 10 s) for at least one.
     fn access_lines_to(&self, dst: &str) -> Vec<String> {
         let needle = format!("original_dst={dst} ");
-        self.postern
-            .access_log()
-            .into_iter()
-            .filter(|line| line.contains(&needle))
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self
+                .postern
+                .access_log()
+                .into_iter()
+                .filter(|line| line.contains(&needle))
+                .collect();
+            if !lines.is_empty() || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -79,7 +90,7 @@ fn httpbin_requests(topology: &SeedTopology) -> usize {
     let result =
         postern_testbed::curl(topology.pod(), ["-sS", "-o", "/dev/null", &barrier]).unwrap();
     assert!(result.success(), "barrier request: {}", result.summary());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = topology.httpbin_access_log().unwrap();
         let barriers = log

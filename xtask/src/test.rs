@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, build everything, run every test, and fail if anything was left
-//! behind (test network namespaces, test bpffs dirs, test posterns).
+//! `cargo xtask test`: setup, lints (rustfmt, clippy with warnings denied), build everything,
+//! run every test, and fail if anything was left behind (test network namespaces, test bpffs
+//! dirs, test posterns).
 
 use anyhow::{bail, Result};
 use postern_testbed::{require_root, sweep_leftovers};
@@ -18,6 +19,15 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         }
     }
 
+    run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_command(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run_command(cargo().args(["build", "--workspace", "--all-targets"]))?;
     let tests = run_command(cargo().args(["test", "--workspace"]).args(cargo_test_args));
 
