@@ -7,6 +7,7 @@
 mod apps;
 mod check;
 mod fail_closed;
+mod policies;
 mod seed;
 mod transfer;
 

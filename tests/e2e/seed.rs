@@ -1,8 +1,26 @@
 //! The seed's Verification section (tests a, b, c, d, e and g of the foundation issue).
 
-use postern_testbed::{curl, seed_curl_args, seed_curl_args_to, SeedRequest};
+use postern_testbed::{curl, seed_curl_args, seed_curl_args_to, CurlResult, SeedRequest};
 
 use crate::{httpbin_requests, Running};
+
+/// What a user checks after a refused request: curl got no HTTP answer, httpbin saw nothing,
+/// and postern logged the connection to `dst` with every one of `logged`.
+fn assert_refused_before_httpbin(run: &Running, result: &CurlResult, dst: &str, logged: &[&str]) {
+    assert!(
+        !result.success() && result.http_status().is_none(),
+        "{}",
+        result.summary()
+    );
+    assert_eq!(httpbin_requests(&run.topology), 0);
+    let lines = run.access_lines_to(dst);
+    assert!(
+        lines
+            .iter()
+            .any(|line| logged.iter().all(|want| line.contains(want))),
+        "no access-log line to {dst} with {logged:?}: {lines:?}"
+    );
+}
 
 /// a: the seed's external client, with its client certificate, gets 200 over TLS 1.3, and
 /// sees the seed's server certificate. ALPN gives HTTP/1.1: httpbin does not speak h2.
@@ -62,11 +80,11 @@ fn no_client_certificate_is_refused_before_the_app() {
         "{}",
         result.summary()
     );
-    assert_eq!(httpbin_requests(&run.topology), 0);
-    let lines = run.access_lines_to("198.18.0.2:9080");
-    assert!(
-        lines.iter().any(|l| l.contains("outcome=handshake_failed")),
-        "{lines:?}"
+    assert_refused_before_httpbin(
+        &run,
+        &result,
+        "198.18.0.2:9080",
+        &["outcome=handshake_failed"],
     );
 }
 
@@ -84,13 +102,11 @@ fn client_certificate_from_another_ca_is_refused() {
         "{}",
         result.summary()
     );
-    assert_eq!(httpbin_requests(&run.topology), 0);
-    let lines = run.access_lines_to("198.18.0.2:9080");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("outcome=handshake_failed") && l.contains("UnknownIssuer")),
-        "{lines:?}"
+    assert_refused_before_httpbin(
+        &run,
+        &result,
+        "198.18.0.2:9080",
+        &["outcome=handshake_failed", "UnknownIssuer"],
     );
 }
 
@@ -149,16 +165,11 @@ fn plaintext_to_the_tls_port_reaches_nothing() {
         ],
     )
     .unwrap();
-    assert!(
-        !result.success() && result.http_status().is_none(),
-        "{}",
-        result.summary()
-    );
-    assert_eq!(httpbin_requests(&run.topology), 0);
-    let lines = run.access_lines_to("198.18.0.2:9080");
-    assert!(
-        lines.iter().any(|l| l.contains("outcome=handshake_failed")),
-        "{lines:?}"
+    assert_refused_before_httpbin(
+        &run,
+        &result,
+        "198.18.0.2:9080",
+        &["outcome=handshake_failed"],
     );
 }
 

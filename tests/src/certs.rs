@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::cmd::run_checked;
 
 /// The seed's "Generate CA cert, Server cert/key and Client cert/key" commands, verbatim.
-const SEED_OPENSSL_COMMANDS: &[&str] = &[
+pub const SEED_OPENSSL_COMMANDS: &[&str] = &[
     "openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt",
     r#"openssl req -out httpbin.test.svc.cluster.local.csr -newkey rsa:2048 -nodes -keyout httpbin.test.svc.cluster.local.key -subj "/CN=httpbin.test.svc.cluster.local/O=httpbin organization""#,
     "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 1 -in httpbin.test.svc.cluster.local.csr -out httpbin.test.svc.cluster.local.crt",

@@ -31,7 +31,7 @@ mod selftest;
 mod sweep;
 mod topology;
 
-pub use certs::SeedCerts;
+pub use certs::{SeedCerts, SEED_OPENSSL_COMMANDS};
 pub use cmd::{display_command, shell_quote};
 pub use curl::{curl, CurlResult};
 pub use netns::{Netns, TEST_NETNS_PREFIX};

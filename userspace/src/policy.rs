@@ -60,21 +60,40 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 10] = [
+        Protocol::Http,
+        Protocol::Https,
+        Protocol::Http2,
+        Protocol::Grpc,
+        Protocol::GrpcWeb,
+        Protocol::Tcp,
+        Protocol::Tls,
+        Protocol::Mongo,
+        Protocol::Mysql,
+        Protocol::Redis,
+    ];
+
+    /// Istio's name for the protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::GrpcWeb => "GRPC-WEB",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+            Protocol::Mongo => "MONGO",
+            Protocol::Mysql => "MYSQL",
+            Protocol::Redis => "REDIS",
+        }
+    }
+
     /// Parses Istio's protocol names, case-insensitively as Istio does.
     pub fn parse(name: &str) -> Option<Protocol> {
-        Some(match name.to_ascii_uppercase().as_str() {
-            "HTTP" => Protocol::Http,
-            "HTTPS" => Protocol::Https,
-            "HTTP2" => Protocol::Http2,
-            "GRPC" => Protocol::Grpc,
-            "GRPC-WEB" => Protocol::GrpcWeb,
-            "TCP" => Protocol::Tcp,
-            "TLS" => Protocol::Tls,
-            "MONGO" => Protocol::Mongo,
-            "MYSQL" => Protocol::Mysql,
-            "REDIS" => Protocol::Redis,
-            _ => return None,
-        })
+        Protocol::ALL
+            .into_iter()
+            .find(|protocol| protocol.name().eq_ignore_ascii_case(name))
     }
 
     /// ALPN protocols offered to clients. postern is an L4 terminator: the decrypted bytes go
@@ -92,18 +111,7 @@ impl Protocol {
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Http => "HTTP",
-            Protocol::Https => "HTTPS",
-            Protocol::Http2 => "HTTP2",
-            Protocol::Grpc => "GRPC",
-            Protocol::GrpcWeb => "GRPC-WEB",
-            Protocol::Tcp => "TCP",
-            Protocol::Tls => "TLS",
-            Protocol::Mongo => "MONGO",
-            Protocol::Mysql => "MYSQL",
-            Protocol::Redis => "REDIS",
-        })
+        f.write_str(self.name())
     }
 }
 

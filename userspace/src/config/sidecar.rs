@@ -92,11 +92,6 @@ struct RawTls {
     ca_certificates: Option<String>,
 }
 
-/// Istio's protocol names, as `Protocol::parse` accepts them.
-const PROTOCOLS: &[&str] = &[
-    "HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "MYSQL", "REDIS",
-];
-
 const CAPTURE_MODES: &[Choice<()>] = &[
     Choice::Accept("DEFAULT", ()),
     Choice::Accept("IPTABLES", ()),
@@ -211,8 +206,12 @@ fn ingress_port(raw: RawIngress, path: FieldPath, report: &mut Report) -> Option
 }
 
 fn protocol(name: Option<&str>) -> Result<Protocol, String> {
-    name.and_then(Protocol::parse)
-        .ok_or_else(|| expected(PROTOCOLS, name.unwrap_or("nothing")))
+    name.and_then(Protocol::parse).ok_or_else(|| {
+        expected(
+            &Protocol::ALL.map(Protocol::name),
+            name.unwrap_or("nothing"),
+        )
+    })
 }
 
 /// `defaultEndpoint`: the app, reached over loopback inside the workload's network
@@ -366,10 +365,11 @@ mod tests {
 
     #[test]
     fn every_protocol_name_parses_back_to_itself() {
-        for name in PROTOCOLS {
+        for protocol in Protocol::ALL {
+            assert_eq!(Protocol::parse(protocol.name()), Some(protocol));
             assert_eq!(
-                Protocol::parse(name).map(|p| p.to_string()).as_deref(),
-                Some(*name)
+                Protocol::parse(&protocol.name().to_lowercase()),
+                Some(protocol)
             );
         }
     }

@@ -4,6 +4,13 @@
 use super::{load_sources, ConfigError, LoadOptions};
 use crate::policy::PolicyTable;
 
+/// The seed's manifests, verbatim, from `deploy/examples/seed/`: "Enable global mTLS" (applied
+/// with `kubectl -n test`), "Disable PeerAuthentication for external mTLS Port", and the Sidecar.
+pub use postern_testbed::{
+    SEED_PEER_AUTHENTICATION_DEFAULT as SEED_GLOBAL_MTLS,
+    SEED_PEER_AUTHENTICATION_HTTPBIN as SEED_DISABLE_PORT, SEED_SIDECAR,
+};
+
 /// Loads `yaml` as one file named `test.yaml`, with `test` as the default namespace.
 pub fn load(yaml: &str) -> Result<PolicyTable, ConfigError> {
     let options = LoadOptions {
@@ -42,35 +49,6 @@ kind: Workload
 metadata: {name: httpbin, namespace: test, labels: {app: httpbin, version: v1}}
 spec:
   networkNamespace: /run/netns/httpbin
-";
-
-/// The seed's "Enable global mTLS" step, applied with `kubectl -n test`.
-pub const SEED_GLOBAL_MTLS: &str = "\
-apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
-metadata:
-  name: default
-spec:
-  mtls:
-    mode: STRICT
-";
-
-/// The seed's "Disable PeerAuthentication for external mTLS Port" step.
-pub const SEED_DISABLE_PORT: &str = "\
-apiVersion: security.istio.io/v1beta1
-kind: PeerAuthentication
-metadata:
-  name: disable-peer-auth-for-external-mtls-port
-  namespace: test
-spec:
-  selector:
-    matchLabels:
-      app: httpbin
-  mtls:
-    mode: STRICT
-  portLevelMtls:
-    9080:
-      mode: DISABLE
 ";
 
 /// The seed's httpbin ServiceAccount, Service and Deployment.
@@ -123,35 +101,6 @@ spec:
         name: httpbin
         ports:
         - containerPort: 80
-"#;
-
-/// The seed's Sidecar: external mTLS on 9080, mesh traffic on 9081.
-pub const SEED_SIDECAR: &str = r#"apiVersion: networking.istio.io/v1alpha3
-kind: Sidecar
-metadata:
-  name: ingress-sidecar
-  namespace: test
-spec:
-  workloadSelector:
-    labels:
-      app: httpbin
-      version: v1
-  ingress:
-  - port:
-      number: 9080
-      protocol: HTTPS
-      name: external
-    defaultEndpoint: 0.0.0.0:80
-    tls:
-      mode: MUTUAL
-      privateKey: "/etc/istio/tls-certs/tls.key"
-      serverCertificate: "/etc/istio/tls-certs/tls.crt"
-      caCertificates: "/etc/istio/tls-ca-certs/ca.crt"
-  - port:
-      number: 9081
-      protocol: HTTP
-      name: internal
-    defaultEndpoint: 0.0.0.0:80
 "#;
 
 /// Joins documents into one multi-document stream.

@@ -32,13 +32,7 @@ use crate::policy::{TlsMode, TlsSettings};
 
 /// The Istio guide's commands, verbatim ("Generate CA cert, Server cert/key and Client
 /// cert/key"): a CA, then v1 server and client certificates it issues.
-const SEED_COMMANDS: &[&str] = &[
-    "openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt",
-    r#"openssl req -out httpbin.test.svc.cluster.local.csr -newkey rsa:2048 -nodes -keyout httpbin.test.svc.cluster.local.key -subj "/CN=httpbin.test.svc.cluster.local/O=httpbin organization""#,
-    "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 1 -in httpbin.test.svc.cluster.local.csr -out httpbin.test.svc.cluster.local.crt",
-    r#"openssl req -out client.test.svc.cluster.local.csr -newkey rsa:2048 -nodes -keyout client.test.svc.cluster.local.key -subj "/CN=client.test.svc.cluster.local/O=client organization""#,
-    "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 1 -in client.test.svc.cluster.local.csr -out client.test.svc.cluster.local.crt",
-];
+use postern_testbed::SEED_OPENSSL_COMMANDS as SEED_COMMANDS;
 
 /// Everything else the tests need, built the same way. Client certificates reuse the seed
 /// client's key (`client.test.svc.cluster.local.key`) unless they say otherwise.
