@@ -19,7 +19,7 @@ fn bare_topology() -> SeedTopology {
 fn check_prints_the_seed_policy_table() {
     let topology = bare_topology();
     let config = topology.seed_config().unwrap();
-    let result = Postern::check(postern_bin(), &topology, &config, Some("test")).unwrap();
+    let result = Postern::check(&postern_bin(), &topology, &config, Some("test")).unwrap();
     assert_eq!(result.exit_code, 0, "{}\n{}", result.stdout, result.stderr);
     let row = |port: &str| {
         result
@@ -39,7 +39,7 @@ fn check_names_file_document_and_field_of_an_istio_mutual_sidecar() {
     let topology = bare_topology();
     let sidecar = SEED_SIDECAR.replacen("mode: MUTUAL", "mode: ISTIO_MUTUAL", 1);
     let path = write_config(&topology, "bad.yaml", &workload_and(&topology, &sidecar));
-    let result = Postern::check(postern_bin(), &topology, &[path], Some("test")).unwrap();
+    let result = Postern::check(&postern_bin(), &topology, &[path], Some("test")).unwrap();
     assert_eq!(result.exit_code, 1, "{}", result.stdout);
     for expected in [
         "bad.yaml",
@@ -74,7 +74,7 @@ fn run_with_a_missing_certificate_attaches_nothing() {
         ..PosternOptions::default()
     };
     let mut postern =
-        Postern::start_with(postern_bin(), &topology, &[path], &[], &options).unwrap();
+        Postern::start_with(&postern_bin(), &topology, &[path], &[], &options).unwrap();
     let status = postern.wait_exit_timeout(Duration::from_secs(20)).unwrap();
     assert_eq!(status.code(), Some(1), "{}", postern.log());
     assert!(

@@ -11,14 +11,17 @@ mod policies;
 mod seed;
 mod transfer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use postern_testbed::{Postern, SeedTopology, TopologyOptions};
 
-/// The binary under test, built by cargo for this test run.
-fn postern_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_postern"))
+/// The binary under test: `$POSTERN_BIN` where the suite runs away from its build tree (as in
+/// vm-test's guests), else the one cargo built for this test run.
+fn postern_bin() -> PathBuf {
+    std::env::var_os("POSTERN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_postern")))
 }
 
 /// A topology with postern serving it. Fields drop in order: postern first (it is killed and
@@ -38,7 +41,7 @@ impl Running {
 
     fn start(topology: SeedTopology, config: &[PathBuf]) -> Running {
         let postern =
-            Postern::start(postern_bin(), &topology, config, &[]).expect("postern starts");
+            Postern::start(&postern_bin(), &topology, config, &[]).expect("postern starts");
         Running { postern, topology }
     }
 

@@ -126,7 +126,7 @@ fn silent_client_is_cut_off_at_the_handshake_timeout() {
     .unwrap();
     let config = topology.seed_config().unwrap();
     let postern = Postern::start(
-        postern_bin(),
+        &postern_bin(),
         &topology,
         &config,
         &["--handshake-timeout", "1s"],
