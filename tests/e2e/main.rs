@@ -8,6 +8,7 @@ mod apps;
 mod check;
 mod fail_closed;
 mod policies;
+mod rotation;
 mod seed;
 mod transfer;
 

@@ -71,6 +71,7 @@ pub struct Postern {
     status: Option<ExitStatus>,
     bpffs_dir: PathBuf,
     log_path: PathBuf,
+    admin_socket: PathBuf,
     command_line: String,
 }
 
@@ -130,7 +131,13 @@ impl Postern {
         if let Some(namespace) = &options.namespace {
             cmd.args(["--namespace", namespace]);
         }
-        cmd.arg("--bpffs").arg(&bpffs_dir).args(extra_args);
+        // Each postern answers `postern certs` on a socket of its own, next to its log.
+        let admin_socket = log_path.with_extension("sock");
+        cmd.arg("--bpffs")
+            .arg(&bpffs_dir)
+            .arg("--admin-socket")
+            .arg(&admin_socket)
+            .args(extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -147,6 +154,7 @@ impl Postern {
             status: None,
             bpffs_dir,
             log_path,
+            admin_socket,
             command_line,
         };
         if options.wait_ready {
@@ -172,11 +180,7 @@ impl Postern {
             cmd.args(["--namespace", namespace]);
         }
         let output = crate::cmd::run_output(&mut cmd)?;
-        Ok(CheckResult {
-            exit_code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+        Ok(CheckResult::from(output))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -222,6 +226,23 @@ impl Postern {
     }
 
     /// Everything postern has written to stdout and stderr so far.
+    /// The admin socket `postern certs --admin-socket` reaches this postern on.
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_socket
+    }
+
+    /// Runs `BIN certs --admin-socket SOCKET ARGS...` against this postern. A non-zero exit is
+    /// a result, not an error.
+    pub fn certs(&self, bin: &Path, args: &[&str]) -> Result<CheckResult> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("certs")
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(args);
+        let output = crate::cmd::run_output(&mut cmd)?;
+        Ok(CheckResult::from(output))
+    }
+
     pub fn log(&self) -> String {
         match std::fs::read(&self.log_path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -325,12 +346,22 @@ impl Drop for Postern {
     }
 }
 
-/// What `postern check` said.
+/// What a one-shot `postern` command (`check`, `certs`) said.
 #[derive(Clone, Debug)]
 pub struct CheckResult {
     pub exit_code: i32,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl From<std::process::Output> for CheckResult {
+    fn from(output: std::process::Output) -> CheckResult {
+        CheckResult {
+            exit_code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
 }
 
 /// `unshare --mount ... sh -c 'mount --bind ...; exec "$@"' sh CERTDIR CADIR BIN`: add

@@ -12,14 +12,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::netns::Netns;
 use crate::policy::{MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy};
 use crate::redirect::{Steering, SteeringRule};
 use crate::terminator::{self, Action, PortService, Timeouts};
+use crate::tls::reload::TlsSource;
+
+/// How often certificate files are looked at: new material serves within about this long.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 const STRICT_WITHOUT_IDENTITY: &str =
     "PeerAuthentication STRICT requires mesh mTLS, and no mesh identity is configured";
@@ -31,6 +36,10 @@ const PERMISSIVE_TLS_WITHOUT_IDENTITY: &str =
 pub struct RunOptions {
     /// bpffs directory for pinned kernel state.
     pub bpffs: PathBuf,
+    /// The admin socket `postern certs` asks.
+    pub admin_socket: PathBuf,
+    /// Warn this long before a served certificate expires.
+    pub expiry_warning: Duration,
     pub timeouts: Timeouts,
 }
 
@@ -51,6 +60,13 @@ struct NetnsPlan {
     planned: Vec<Planned>,
 }
 
+/// Everything to serve, before anything is attached.
+struct Plan {
+    namespaces: Vec<NetnsPlan>,
+    /// Every TLS port's material, followed for changes.
+    sources: Vec<Arc<TlsSource>>,
+}
+
 /// Serves `table` until `shutdown` completes, then detaches everything.
 pub async fn run(
     table: &PolicyTable,
@@ -60,12 +76,40 @@ pub async fn run(
     for warning in &table.warnings {
         tracing::warn!("{warning}");
     }
-    let plans = plan(table, options.timeouts)?;
-    let attached = attach_all(&plans, options)?;
+    let Plan {
+        namespaces: plans,
+        sources,
+    } = plan(table, options.timeouts)?;
+    let admin = crate::admin::bind(&options.admin_socket).with_context(|| {
+        format!(
+            "cannot listen on the admin socket {}",
+            options.admin_socket.display()
+        )
+    })?;
+    let attached = match attach_all(&plans, options) {
+        Ok(attached) => attached,
+        Err(e) => {
+            let _ = std::fs::remove_file(&options.admin_socket);
+            return Err(e);
+        }
+    };
 
     let (stop, stopped) = watch::channel(false);
+    let sources = Arc::new(sources);
+    let mut tasks = vec![
+        tokio::spawn(crate::admin::serve(
+            admin,
+            options.admin_socket.clone(),
+            Arc::clone(&sources),
+            stopped.clone(),
+        )),
+        tokio::spawn(follow_files(
+            Arc::clone(&sources),
+            options.expiry_warning,
+            stopped.clone(),
+        )),
+    ];
     let mut ports = 0;
-    let mut tasks = Vec::new();
     for plan in plans {
         for planned in plan.planned {
             ports += usize::from(planned.port.is_some());
@@ -93,19 +137,45 @@ pub async fn run(
     detach_all(attached)
 }
 
+/// Rebuilds TLS material whose files changed, and warns of certificates about to expire,
+/// until `shutdown` turns true.
+async fn follow_files(
+    sources: Arc<Vec<Arc<TlsSource>>>,
+    expiry_warning: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let sources = Arc::clone(&sources);
+        // File reads and key parsing block: keep them off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            for source in sources.iter() {
+                source.refresh();
+                source.warn_expiring(expiry_warning);
+            }
+        })
+        .await;
+    }
+}
+
 /// Loads TLS material and creates every listener, per network namespace.
-fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Vec<NetnsPlan>> {
+fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
     let mut by_netns: BTreeMap<&NetnsRef, Vec<&WorkloadPolicy>> = BTreeMap::new();
     for workload in &table.workloads {
         by_netns.entry(&workload.netns).or_default().push(workload);
     }
     let mut plans = Vec::new();
+    let mut sources = Vec::new();
     for (reference, workloads) in by_netns {
         let netns = Arc::new(Netns::open(reference)?);
         let mut planned = Vec::new();
         for workload in workloads {
             for port in &workload.ports {
-                planned.push(plan_port(workload, port, &netns, timeouts)?);
+                planned.push(plan_port(workload, port, &netns, timeouts, &mut sources)?);
             }
             if workload.other_ports == MtlsMode::Strict {
                 planned.push(plan_other_ports(workload, &netns, timeouts)?);
@@ -115,7 +185,10 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Vec<NetnsPlan
             plans.push(NetnsPlan { netns, planned });
         }
     }
-    Ok(plans)
+    Ok(Plan {
+        namespaces: plans,
+        sources,
+    })
 }
 
 fn plan_port(
@@ -123,13 +196,16 @@ fn plan_port(
     port: &PortPolicy,
     netns: &Arc<Netns>,
     timeouts: Timeouts,
+    sources: &mut Vec<Arc<TlsSource>>,
 ) -> anyhow::Result<Planned> {
     let label = format!("{}:{}", workload.id(), port.port);
     let action = match &port.action {
         PortAction::Tls(settings) => {
-            let config = crate::tls::server_config(settings, port.protocol.alpn())
+            let source = TlsSource::load(settings, port.protocol.alpn(), vec![label.clone()])
                 .with_context(|| format!("{label}: {} TLS", settings.mode))?;
-            Action::Tls(TlsAcceptor::from(config))
+            let source = Arc::new(source);
+            sources.push(Arc::clone(&source));
+            Action::Tls(source)
         }
         PortAction::Plaintext => Action::Plaintext,
         PortAction::MeshStrict => Action::Reset(STRICT_WITHOUT_IDENTITY),

@@ -6,6 +6,7 @@
 //! namespaces; `tls` builds rustls configurations; `terminator` accepts, handshakes and
 //! splices.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod netns;

@@ -10,6 +10,7 @@ use postern::config::{self, LoadOptions};
 use postern::daemon::{self, RunOptions};
 use postern::policy::{PolicyTable, PortAction};
 use postern::terminator::Timeouts;
+use postern::tls::reload::Secret;
 
 /// Terminates TLS for a workload's inbound ports, steered there by eBPF, configured with the
 /// Istio Sidecar and PeerAuthentication YAML you already have.
@@ -26,6 +27,24 @@ enum Command {
     Run(RunArgs),
     /// Validate the configuration (YAML and TLS files) and print the effective policy table.
     Check(ConfigArgs),
+    /// Ask the running daemon which certificates it serves, like `istioctl proxy-config secret`.
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// The running daemon's admin socket.
+    #[arg(long, default_value = postern::admin::DEFAULT_SOCKET)]
+    admin_socket: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = CertsFormat::Table)]
+    output: CertsFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CertsFormat {
+    Table,
+    Json,
 }
 
 #[derive(Args)]
@@ -48,6 +67,12 @@ struct RunArgs {
     /// bpffs directory where postern pins its kernel state.
     #[arg(long, default_value = "/sys/fs/bpf/postern")]
     bpffs: PathBuf,
+    /// Unix socket (root only) where `postern certs` reaches the daemon.
+    #[arg(long, default_value = postern::admin::DEFAULT_SOCKET)]
+    admin_socket: PathBuf,
+    /// Log a warning this long before a served certificate expires.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    expiry_warning: Duration,
     /// Longest time from accept to a finished TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -73,6 +98,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(args),
+        Command::Certs(args) => certs(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +143,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let table = load(&args.config)?;
     let options = RunOptions {
         bpffs: args.bpffs,
+        admin_socket: args.admin_socket,
+        expiry_warning: args.expiry_warning,
         timeouts: Timeouts {
             handshake: args.handshake_timeout,
             detect: args.detect_timeout,
@@ -131,6 +159,76 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         daemon::run(&table, &options, shutdown).await
     })
+}
+
+fn certs(args: &CertsArgs) -> anyhow::Result<()> {
+    let reply = postern::admin::request(&args.admin_socket, "certs")?;
+    match args.output {
+        CertsFormat::Json => println!("{reply}"),
+        CertsFormat::Table => {
+            let secrets: Vec<Secret> = serde_json::from_str(&reply)
+                .context("the daemon's answer is not the expected JSON")?;
+            print!("{}", render_secrets(&secrets));
+        }
+    }
+    Ok(())
+}
+
+/// The table of `istioctl proxy-config secret`, then one line per error.
+fn render_secrets(secrets: &[Secret]) -> String {
+    let header = [
+        "RESOURCE NAME",
+        "TYPE",
+        "STATUS",
+        "VALID CERT",
+        "SERIAL NUMBER",
+        "NOT AFTER",
+        "NOT BEFORE",
+    ];
+    let rows: Vec<[String; 7]> = secrets
+        .iter()
+        .map(|s| {
+            [
+                s.resource_name.clone(),
+                s.kind.clone(),
+                s.status.clone(),
+                s.valid_cert.to_string(),
+                s.serial_number.clone(),
+                s.not_after.clone(),
+                s.not_before.clone(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("     ").trim_end())
+    };
+    let mut out = line(&header);
+    for row in &rows {
+        out += &line(&row.each_ref().map(String::as_str));
+    }
+    for secret in secrets {
+        if let Some(error) = &secret.error {
+            out += &format!(
+                "\n{}: ERROR: {error}\n  (the previous material keeps serving)\n",
+                secret.resource_name
+            );
+        }
+    }
+    out
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -160,7 +258,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `10s`, `500ms`, `2m`.
+/// `500ms`, `10s`, `2m`, `12h`, `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -173,7 +271,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("`{text}`: unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        "d" => Ok(Duration::from_secs(number * 86_400)),
+        _ => Err(format!("`{text}`: unit must be ms, s, m, h or d")),
     }
 }
 
@@ -187,6 +287,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("10").unwrap_err().contains("unit"));
-        assert!(parse_duration("10h").unwrap_err().contains("ms, s or m"));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("10w")
+            .unwrap_err()
+            .contains("ms, s, m, h or d"));
     }
 }

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::netns::Netns;
 use crate::policy::Endpoint;
+use crate::tls::reload::TlsSource;
 
 /// Source address of postern's connections to the app; the eBPF program never intercepts it.
 pub const APP_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
@@ -28,8 +29,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// What the listener does with each connection.
 pub enum Action {
-    /// Terminate TLS, then splice to the app.
-    Tls(TlsAcceptor),
+    /// Terminate TLS with the source's current material, then splice to the app.
+    Tls(Arc<TlsSource>),
     /// Splice the bytes as they come.
     Plaintext,
     /// Reset every connection once the client has spoken (or the handshake timeout passed),
@@ -196,7 +197,8 @@ async fn apply_policy(
 ) -> Result<(), Failure> {
     let timeouts = service.timeouts;
     match &service.action {
-        Action::Tls(acceptor) => {
+        Action::Tls(source) => {
+            let acceptor = TlsAcceptor::from(source.current());
             let tls = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream))
                 .await
                 .map_err(|_| Failure::HandshakeTimeout(timeouts.handshake))?

@@ -8,6 +8,7 @@
 
 mod client_verifier;
 mod load;
+pub mod reload;
 #[cfg(test)]
 mod test_pki;
 #[cfg(test)]

@@ -1,0 +1,224 @@
+//! Certificate rotation as Kubernetes does it: a mounted secret's files are symlinks through
+//! `..data`, which is swapped atomically to a new directory. New handshakes use the new
+//! material; connections in flight finish untouched; a broken update keeps the old material.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use postern_testbed::{
+    curl, seed_curl_args, seed_curl_args_to, SeedRequest, SeedTopology, TopologyOptions,
+};
+
+use crate::{postern_bin, Running};
+
+/// Lays the directory out as the kubelet does: `..v1/{files}`, `..data -> ..v1`, and each file
+/// a symlink `NAME -> ..data/NAME`.
+fn kubernetes_layout(dir: &Path) {
+    let first = dir.join("..v1");
+    std::fs::create_dir(&first).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_owned();
+            std::fs::rename(&path, first.join(&name)).unwrap();
+            symlink(Path::new("..data").join(&name), dir.join(&name)).unwrap();
+        }
+    }
+    symlink("..v1", dir.join("..data")).unwrap();
+}
+
+/// Writes a new version with `files` (the others carried over) and swaps `..data` to it in
+/// one rename, as the kubelet does.
+fn swap(dir: &Path, version: &str, files: &[(&str, &[u8])]) {
+    let next = dir.join(format!("..{version}"));
+    std::fs::create_dir(&next).unwrap();
+    for entry in std::fs::read_dir(dir.join("..data")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, next.join(path.file_name().unwrap())).unwrap();
+    }
+    for (name, bytes) in files {
+        std::fs::write(next.join(name), bytes).unwrap();
+    }
+    let staged = dir.join("..data_tmp");
+    symlink(format!("..{version}"), &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+}
+
+/// The seed's server certificate issued again by the seed's CA, with serial 2.
+fn reissued_server_certificate(topology: &SeedTopology) -> Vec<u8> {
+    let certs = topology.certs();
+    let out = certs.dir.join("httpbin-serial-2.crt");
+    let status = std::process::Command::new("openssl")
+        .current_dir(&certs.dir)
+        .args([
+            "x509",
+            "-req",
+            "-days",
+            "365",
+            "-CA",
+            "example.com.crt",
+            "-CAkey",
+            "example.com.key",
+            "-set_serial",
+            "2",
+            "-in",
+            "httpbin.test.svc.cluster.local.csr",
+            "-out",
+        ])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+/// The serial number of the certificate a new mutual-TLS handshake on 9080 sees, as openssl
+/// prints it (`serial=01`).
+fn served_serial(topology: &SeedTopology) -> String {
+    let certs = topology.certs();
+    let script = format!(
+        "openssl s_client -connect 198.18.0.2:9080 -cert {} -key {} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        certs.client_cert.display(),
+        certs.client_key.display(),
+        certs.ca_cert.display()
+    );
+    let output = topology
+        .client()
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn running_with_kubernetes_secrets() -> Running {
+    let topology = SeedTopology::build(TopologyOptions::default()).unwrap();
+    kubernetes_layout(topology.tls_certs_dir());
+    kubernetes_layout(topology.tls_ca_certs_dir());
+    let config = topology.seed_config().unwrap();
+    Running::start(topology, &config)
+}
+
+/// A slow download over mTLS (httpbin's `/drip`: `bytes` asterisks over `seconds`).
+fn start_drip(run: &Running, bytes: usize, seconds: u32, output: &Path) -> Child {
+    let path = format!("/drip?numbytes={bytes}&duration={seconds}&delay=0&code=200");
+    let mut args = seed_curl_args_to(
+        &run.topology,
+        SeedRequest::ExternalMtls,
+        run.topology.pod_ipv4().into(),
+        &path,
+    );
+    args.retain(|arg| arg != "-v");
+    run.topology
+        .client()
+        .command("curl")
+        .args(["-sS", "--max-time", "60", "-o"])
+        .arg(output)
+        .args(args)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn rotation_through_data_symlink_swap_spares_a_download_in_flight() {
+    let run = running_with_kubernetes_secrets();
+    assert_eq!(served_serial(&run.topology), "serial=01");
+
+    let output = run.topology.work_dir().join("drip.out");
+    let mut download = start_drip(&run, 3000, 8, &output);
+    let reissued = reissued_server_certificate(&run.topology);
+    swap(
+        run.topology.tls_certs_dir(),
+        "v2",
+        &[("tls.crt", &reissued)],
+    );
+    wait_for("new handshakes to see serial 2", || {
+        served_serial(&run.topology) == "serial=02"
+    });
+    assert!(
+        download.try_wait().unwrap().is_none(),
+        "the download should still be in flight when the new certificate serves"
+    );
+
+    let status = download.wait().unwrap();
+    assert!(status.success(), "download: {status}");
+    let body = std::fs::read(&output).unwrap();
+    assert_eq!(body.len(), 3000);
+    assert!(
+        body.iter().all(|&b| b == b'*'),
+        "the download is not byte-exact"
+    );
+
+    let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+    assert_eq!(certs.exit_code, 0, "{}", certs.stderr);
+    let row = certs
+        .stdout
+        .lines()
+        .find(|line| {
+            line.starts_with("file-cert:/etc/istio/tls-certs/tls.crt~/etc/istio/tls-certs/tls.key")
+        })
+        .unwrap_or_else(|| panic!("no file-cert row in\n{}", certs.stdout));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..6],
+        ["Cert", "Chain", "ACTIVE", "true", "2"],
+        "{row}"
+    );
+}
+
+#[test]
+fn rotation_to_a_broken_file_keeps_the_previous_certificate() {
+    let run = running_with_kubernetes_secrets();
+    swap(
+        run.topology.tls_certs_dir(),
+        "v2",
+        &[("tls.crt", b"this is not a certificate\n")],
+    );
+    wait_for("postern certs to show the error", || {
+        let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+        certs.stdout.contains("ERROR")
+    });
+    let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+    assert!(
+        certs.stdout.contains("/etc/istio/tls-certs/tls.crt")
+            && certs.stdout.contains("not a PEM file"),
+        "{}",
+        certs.stdout
+    );
+    assert!(
+        run.postern
+            .log()
+            .contains("previous material keeps serving"),
+        "{}",
+        run.postern.log()
+    );
+    assert_eq!(served_serial(&run.topology), "serial=01");
+    let result = curl(
+        run.topology.client(),
+        seed_curl_args(&run.topology, SeedRequest::ExternalMtls),
+    )
+    .unwrap();
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+
+    let json = run.postern.certs(&postern_bin(), &["-o", "json"]).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let cert = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["type"] == "Cert Chain")
+        .unwrap();
+    assert_eq!(cert["status"], "ERROR");
+    assert_eq!(cert["serial_number"], "1");
+}

@@ -1,0 +1,126 @@
+//! The local admin socket: a Unix socket that only root can open (mode 0600 in a 0700
+//! directory), through which `postern certs` asks the running daemon what it serves.
+//!
+//! The protocol is one request line (`certs`) and one JSON answer, then the daemon closes.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::tls::reload::{Secret, TlsSource};
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/postern/admin.sock";
+
+/// The longest request line accepted.
+const MAX_REQUEST: u64 = 64;
+
+/// Binds the admin socket. A socket file that nobody answers on is left over from a postern
+/// that died, and is replaced; one that answers belongs to a running postern, and is an error.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "another postern answers on {}; stop it first",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests until `shutdown` turns true, then removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    sources: Arc<Vec<Arc<TlsSource>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, Arc::clone(&sources)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
+    }
+}
+
+async fn answer(stream: UnixStream, sources: Arc<Vec<Arc<TlsSource>>>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let request = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let reply = match (request, line.trim()) {
+        (Ok(Ok(_)), "certs") => {
+            serde_json::to_string_pretty(&secrets(&sources)).unwrap_or_else(|e| e.to_string())
+        }
+        (Ok(Ok(_)), other) => format!("error: unknown request {other:?}; expected \"certs\""),
+        _ => return,
+    };
+    let _ = write.write_all(reply.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+/// Every source's rows, one row per resource even where several ports share the files.
+fn secrets(sources: &[Arc<TlsSource>]) -> Vec<Secret> {
+    let mut rows: Vec<Secret> = Vec::new();
+    for row in sources.iter().flat_map(|source| source.secrets()) {
+        match rows
+            .iter_mut()
+            .find(|r| r.resource_name == row.resource_name)
+        {
+            Some(existing) => existing.used_by.extend(row.used_by),
+            None => rows.push(row),
+        }
+    }
+    rows
+}
+
+/// Asks the daemon on `path` for `request`, the client side used by `postern certs`.
+pub fn request(path: &Path, request: &str) -> io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot reach postern's admin socket {}: {e} (is `postern run` running, and are you root?)",
+                path.display()
+            ),
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    if let Some(error) = reply.strip_prefix("error: ") {
+        return Err(io::Error::other(error.to_string()));
+    }
+    Ok(reply)
+}
