@@ -160,7 +160,7 @@ fn rotation_through_data_symlink_swap_spares_a_download_in_flight() {
         "the download is not byte-exact"
     );
 
-    let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+    let certs = run.postern.command(&postern_bin(), "certs", &[]).unwrap();
     assert_eq!(certs.exit_code, 0, "{}", certs.stderr);
     let row = certs
         .stdout
@@ -186,10 +186,10 @@ fn rotation_to_a_broken_file_keeps_the_previous_certificate() {
         &[("tls.crt", b"this is not a certificate\n")],
     );
     wait_for("postern certs to show the error", || {
-        let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+        let certs = run.postern.command(&postern_bin(), "certs", &[]).unwrap();
         certs.stdout.contains("ERROR")
     });
-    let certs = run.postern.certs(&postern_bin(), &[]).unwrap();
+    let certs = run.postern.command(&postern_bin(), "certs", &[]).unwrap();
     assert!(
         certs.stdout.contains("/etc/istio/tls-certs/tls.crt")
             && certs.stdout.contains("not a PEM file"),
@@ -211,7 +211,10 @@ fn rotation_to_a_broken_file_keeps_the_previous_certificate() {
     .unwrap();
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
 
-    let json = run.postern.certs(&postern_bin(), &["-o", "json"]).unwrap();
+    let json = run
+        .postern
+        .command(&postern_bin(), "certs", &["-o", "json"])
+        .unwrap();
     let rows: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     let cert = rows
         .as_array()
@@ -221,4 +224,105 @@ fn rotation_to_a_broken_file_keeps_the_previous_certificate() {
         .unwrap();
     assert_eq!(cert["status"], "ERROR");
     assert_eq!(cert["serial_number"], "1");
+
+    // Readiness says so too, so an orchestrator sees the failed rotation.
+    let ready = run.postern.command(&postern_bin(), "ready", &[]).unwrap();
+    assert_eq!(ready.exit_code, 1, "{}", ready.stdout);
+    assert!(
+        ready.stdout.contains("not ready") && ready.stdout.contains("tls.crt"),
+        "{}",
+        ready.stdout
+    );
+}
+
+/// A TLS 1.2 session resumes while nothing changes; after the CA file changes, the same
+/// session is not resumed, and the full handshake is verified against the new CA (which did
+/// not issue the client's certificate), so it fails.
+#[test]
+fn no_session_resumes_across_a_ca_change() {
+    let run = running_with_kubernetes_secrets();
+    let session = run.topology.work_dir().join("session.pem");
+    let handshake = |extra: &str| {
+        let certs = run.topology.certs();
+        let script = format!(
+            "openssl s_client -connect 198.18.0.2:9080 -tls1_2 -cert {} -key {} -CAfile {} {extra} </dev/null 2>&1",
+            certs.client_cert.display(),
+            certs.client_key.display(),
+            certs.ca_cert.display()
+        );
+        let output = run
+            .topology
+            .client()
+            .command("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = handshake(&format!("-sess_out {}", session.display()));
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    let resumed = handshake(&format!("-sess_in {}", session.display()));
+    assert!(
+        resumed.contains("Reused, TLSv1.2"),
+        "resumption should work before the change: {resumed}"
+    );
+
+    let other_ca = std::fs::read(&run.topology.certs().other_ca_cert).unwrap();
+    swap(
+        run.topology.tls_ca_certs_dir(),
+        "v2",
+        &[("ca.crt", &other_ca)],
+    );
+    let old_root = run
+        .postern
+        .command(&postern_bin(), "certs", &["-o", "json"])
+        .unwrap()
+        .stdout;
+    wait_for("the new CA to serve", || {
+        let now = run
+            .postern
+            .command(&postern_bin(), "certs", &["-o", "json"])
+            .unwrap()
+            .stdout;
+        now != old_root && !now.contains("ERROR")
+    });
+
+    let after = handshake(&format!("-sess_in {}", session.display()));
+    assert!(
+        !after.contains("Reused"),
+        "a session resumed across the CA change: {after}"
+    );
+    let lines = run.access_lines_to("198.18.0.2:9080");
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("handshake_failed") && l.contains("UnknownIssuer")),
+        "{lines:?}"
+    );
+}
+
+/// A certificate that expires within `--expiry-warning` is named in a warning at start.
+#[test]
+fn certificates_close_to_expiry_are_warned_about() {
+    let topology = SeedTopology::build(TopologyOptions {
+        httpbin: false,
+        ..TopologyOptions::default()
+    })
+    .unwrap();
+    let config = topology.seed_config().unwrap();
+    // The seed's certificates are valid for 365 days: inside a 400-day window.
+    let postern = postern_testbed::Postern::start(
+        &postern_bin(),
+        &topology,
+        &config,
+        &["--expiry-warning", "400d"],
+    )
+    .unwrap();
+    let warning = postern.wait_for_log("certificate expires in", Duration::from_secs(10));
+    assert!(warning.is_ok(), "{}", postern.log());
+    assert!(
+        postern.log().contains("/etc/istio/tls-certs/tls.crt"),
+        "{}",
+        postern.log()
+    );
 }

@@ -231,11 +231,11 @@ impl Postern {
         &self.admin_socket
     }
 
-    /// Runs `BIN certs --admin-socket SOCKET ARGS...` against this postern. A non-zero exit is
-    /// a result, not an error.
-    pub fn certs(&self, bin: &Path, args: &[&str]) -> Result<CheckResult> {
+    /// Runs `BIN SUBCOMMAND --admin-socket SOCKET ARGS...` (`certs`, `ready`) against this
+    /// postern. A non-zero exit is a result, not an error.
+    pub fn command(&self, bin: &Path, subcommand: &str, args: &[&str]) -> Result<CheckResult> {
         let mut cmd = Command::new(bin);
-        cmd.arg("certs")
+        cmd.arg(subcommand)
             .arg("--admin-socket")
             .arg(&self.admin_socket)
             .args(args);

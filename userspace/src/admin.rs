@@ -1,7 +1,10 @@
 //! The local admin socket: a Unix socket that only root can open (mode 0600 in a 0700
 //! directory), through which `postern certs` asks the running daemon what it serves.
 //!
-//! The protocol is one request line (`certs`) and one JSON answer, then the daemon closes.
+//! The protocol is one request line and one answer, then the daemon closes:
+//! - `certs`: JSON, the rows of `postern certs`;
+//! - `ready`: `ready`, or `not ready: REASON; ...` while any TLS material is in error (the
+//!   previous material still serves, but the operator's update did not take).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -82,11 +85,26 @@ async fn answer(stream: UnixStream, sources: Arc<Vec<Arc<TlsSource>>>) {
         (Ok(Ok(_)), "certs") => {
             serde_json::to_string_pretty(&secrets(&sources)).unwrap_or_else(|e| e.to_string())
         }
-        (Ok(Ok(_)), other) => format!("error: unknown request {other:?}; expected \"certs\""),
+        (Ok(Ok(_)), "ready") => readiness(&secrets(&sources)),
+        (Ok(Ok(_)), other) => {
+            format!("error: unknown request {other:?}; expected \"certs\" or \"ready\"")
+        }
         _ => return,
     };
     let _ = write.write_all(reply.as_bytes()).await;
     let _ = write.shutdown().await;
+}
+
+fn readiness(secrets: &[Secret]) -> String {
+    let problems: Vec<String> = secrets
+        .iter()
+        .filter_map(|s| Some(format!("{}: {}", s.resource_name, s.error.as_ref()?)))
+        .collect();
+    if problems.is_empty() {
+        "ready".to_string()
+    } else {
+        format!("not ready: {}", problems.join("; "))
+    }
 }
 
 /// Every source's rows, one row per resource even where several ports share the files.

@@ -29,13 +29,22 @@ enum Command {
     Check(ConfigArgs),
     /// Ask the running daemon which certificates it serves, like `istioctl proxy-config secret`.
     Certs(CertsArgs),
+    /// Exit 0 if the running daemon is ready, 1 (with the reasons) if not: an exec readiness
+    /// probe. Not ready while any certificate update failed to load.
+    Ready(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The running daemon's admin socket.
+    #[arg(long, default_value = postern::admin::DEFAULT_SOCKET)]
+    admin_socket: PathBuf,
 }
 
 #[derive(Args)]
 struct CertsArgs {
-    /// The running daemon's admin socket.
-    #[arg(long, default_value = postern::admin::DEFAULT_SOCKET)]
-    admin_socket: PathBuf,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = CertsFormat::Table)]
     output: CertsFormat,
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Run(args) => run(args),
         Command::Certs(args) => certs(&args),
+        Command::Ready(args) => ready(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +172,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<()> {
-    let reply = postern::admin::request(&args.admin_socket, "certs")?;
+    let reply = postern::admin::request(&args.admin.admin_socket, "certs")?;
     match args.output {
         CertsFormat::Json => println!("{reply}"),
         CertsFormat::Table => {
@@ -172,6 +182,16 @@ fn certs(args: &CertsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn ready(args: &AdminArgs) -> anyhow::Result<()> {
+    let reply = postern::admin::request(&args.admin_socket, "ready")?;
+    println!("{reply}");
+    if reply == "ready" {
+        Ok(())
+    } else {
+        anyhow::bail!("the daemon is not ready")
+    }
 }
 
 /// The table of `istioctl proxy-config secret`, then one line per error.
