@@ -6,6 +6,7 @@
 
 mod apps;
 mod check;
+mod drain;
 mod fail_closed;
 mod policies;
 mod rotation;
@@ -111,4 +112,30 @@ fn httpbin_requests(topology: &SeedTopology) -> usize {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A slow download over mTLS, in the background: httpbin's `/drip` sends `bytes` asterisks
+/// over `seconds`, written to `output` as they arrive (`-N`: no output buffering).
+fn start_drip(
+    run: &Running,
+    bytes: usize,
+    seconds: u32,
+    output: &std::path::Path,
+) -> std::process::Child {
+    let path = format!("/drip?numbytes={bytes}&duration={seconds}&delay=0&code=200");
+    let mut args = postern_testbed::seed_curl_args_to(
+        &run.topology,
+        postern_testbed::SeedRequest::ExternalMtls,
+        run.topology.pod_ipv4().into(),
+        &path,
+    );
+    args.retain(|arg| arg != "-v");
+    run.topology
+        .client()
+        .command("curl")
+        .args(["-sS", "-N", "--max-time", "60", "-o"])
+        .arg(output)
+        .args(args)
+        .spawn()
+        .unwrap()
 }

@@ -4,14 +4,12 @@
 
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use postern_testbed::{
-    curl, seed_curl_args, seed_curl_args_to, SeedRequest, SeedTopology, TopologyOptions,
-};
+use postern_testbed::{curl, seed_curl_args, SeedRequest, SeedTopology, TopologyOptions};
 
-use crate::{postern_bin, Running};
+use crate::{postern_bin, start_drip, Running};
 
 /// Lays the directory out as the kubelet does: `..v1/{files}`, `..data -> ..v1`, and each file
 /// a symlink `NAME -> ..data/NAME`.
@@ -108,26 +106,6 @@ fn running_with_kubernetes_secrets() -> Running {
     kubernetes_layout(topology.tls_ca_certs_dir());
     let config = topology.seed_config().unwrap();
     Running::start(topology, &config)
-}
-
-/// A slow download over mTLS (httpbin's `/drip`: `bytes` asterisks over `seconds`).
-fn start_drip(run: &Running, bytes: usize, seconds: u32, output: &Path) -> Child {
-    let path = format!("/drip?numbytes={bytes}&duration={seconds}&delay=0&code=200");
-    let mut args = seed_curl_args_to(
-        &run.topology,
-        SeedRequest::ExternalMtls,
-        run.topology.pod_ipv4().into(),
-        &path,
-    );
-    args.retain(|arg| arg != "-v");
-    run.topology
-        .client()
-        .command("curl")
-        .args(["-sS", "--max-time", "60", "-o"])
-        .arg(output)
-        .args(args)
-        .spawn()
-        .unwrap()
 }
 
 #[test]

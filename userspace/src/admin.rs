@@ -3,12 +3,13 @@
 //!
 //! The protocol is one request line and one answer, then the daemon closes:
 //! - `certs`: JSON, the rows of `postern certs`;
-//! - `ready`: `ready`, or `not ready: REASON; ...` while any TLS material is in error (the
-//!   previous material still serves, but the operator's update did not take).
+//! - `ready`: `ready`, or `not ready: REASON; ...` while draining or while any TLS material is
+//!   in error (the previous material still serves, but the operator's update did not take).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,31 @@ pub const DEFAULT_SOCKET: &str = "/run/postern/admin.sock";
 
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 64;
+
+/// What the admin socket reports on.
+pub struct AdminState {
+    sources: Vec<Arc<TlsSource>>,
+    draining: AtomicBool,
+}
+
+impl AdminState {
+    pub fn new(sources: Vec<Arc<TlsSource>>) -> AdminState {
+        AdminState {
+            sources,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Every TLS port's material.
+    pub fn sources(&self) -> &[Arc<TlsSource>] {
+        &self.sources
+    }
+
+    /// From now on, readiness is false.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
 
 /// Binds the admin socket. A socket file that nobody answers on is left over from a postern
 /// that died, and is replaced; one that answers belongs to a running postern, and is an error.
@@ -54,7 +80,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
-    sources: Arc<Vec<Arc<TlsSource>>>,
+    state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -62,7 +88,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, Arc::clone(&sources)));
+                    tokio::spawn(answer(stream, Arc::clone(&state)));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket accept failed");
@@ -76,16 +102,15 @@ pub async fn serve(
     }
 }
 
-async fn answer(stream: UnixStream, sources: Arc<Vec<Arc<TlsSource>>>) {
+async fn answer(stream: UnixStream, state: Arc<AdminState>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let request = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
     let reply = match (request, line.trim()) {
-        (Ok(Ok(_)), "certs") => {
-            serde_json::to_string_pretty(&secrets(&sources)).unwrap_or_else(|e| e.to_string())
-        }
-        (Ok(Ok(_)), "ready") => readiness(&secrets(&sources)),
+        (Ok(Ok(_)), "certs") => serde_json::to_string_pretty(&secrets(state.sources()))
+            .unwrap_or_else(|e| e.to_string()),
+        (Ok(Ok(_)), "ready") => readiness(&state),
         (Ok(Ok(_)), other) => {
             format!("error: unknown request {other:?}; expected \"certs\" or \"ready\"")
         }
@@ -95,11 +120,14 @@ async fn answer(stream: UnixStream, sources: Arc<Vec<Arc<TlsSource>>>) {
     let _ = write.shutdown().await;
 }
 
-fn readiness(secrets: &[Secret]) -> String {
-    let problems: Vec<String> = secrets
+fn readiness(state: &AdminState) -> String {
+    let mut problems: Vec<String> = secrets(state.sources())
         .iter()
         .filter_map(|s| Some(format!("{}: {}", s.resource_name, s.error.as_ref()?)))
         .collect();
+    if state.draining.load(Ordering::Acquire) {
+        problems.insert(0, "draining".to_string());
+    }
     if problems.is_empty() {
         "ready".to_string()
     } else {

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub admin_socket: PathBuf,
     /// Warn this long before a served certificate expires.
     pub expiry_warning: Duration,
+    /// How long established connections may take to finish after SIGTERM or SIGINT.
+    pub drain_timeout: Duration,
     pub timeouts: Timeouts,
 }
 
@@ -67,7 +69,7 @@ struct Plan {
     sources: Vec<Arc<TlsSource>>,
 }
 
-/// Serves `table` until `shutdown` completes, then detaches everything.
+/// Serves `table` until `shutdown` completes, then drains and detaches everything.
 pub async fn run(
     table: &PolicyTable,
     options: &RunOptions,
@@ -94,30 +96,36 @@ pub async fn run(
         }
     };
 
-    let (stop, stopped) = watch::channel(false);
-    let sources = Arc::new(sources);
-    let mut tasks = vec![
+    // Two stages of shutdown: accepting stops first (the drain); the admin socket and the
+    // certificate watch stay until the very end, so readiness can say "draining".
+    let (stop_accepting, accepting) = watch::channel(false);
+    let (stop_admin, admin_running) = watch::channel(false);
+    let state = Arc::new(crate::admin::AdminState::new(sources));
+    let background = [
         tokio::spawn(crate::admin::serve(
             admin,
             options.admin_socket.clone(),
-            Arc::clone(&sources),
-            stopped.clone(),
+            Arc::clone(&state),
+            admin_running.clone(),
         )),
         tokio::spawn(follow_files(
-            Arc::clone(&sources),
+            Arc::clone(&state),
             options.expiry_warning,
-            stopped.clone(),
+            admin_running,
         )),
     ];
+    let connections = Arc::new(terminator::Connections::default());
+    let mut accept_loops = Vec::new();
     let mut ports = 0;
     for plan in plans {
         for planned in plan.planned {
             ports += usize::from(planned.port.is_some());
             tracing::info!(listener = %planned.label, "serving");
-            tasks.push(tokio::spawn(terminator::serve(
+            accept_loops.push(tokio::spawn(terminator::serve(
                 planned.listener,
                 planned.service,
-                stopped.clone(),
+                Arc::clone(&connections),
+                accepting.clone(),
             )));
         }
     }
@@ -129,18 +137,55 @@ pub async fn run(
     );
 
     shutdown.await;
-    tracing::info!("shutting down: detaching from every network namespace");
-    let _ = stop.send(true);
-    for task in tasks {
+    drain(
+        &state,
+        stop_accepting,
+        accept_loops,
+        &connections,
+        options.drain_timeout,
+    )
+    .await;
+    let _ = stop_admin.send(true);
+    for task in background {
         let _ = task.await;
     }
+    tracing::info!("detaching from every network namespace");
     detach_all(attached)
+}
+
+/// Readiness turns false, the listeners close (the still-attached kernel program then resets
+/// new connections: fail closed, and clients retry elsewhere), and the connections in progress
+/// get up to `deadline` to finish. Those left after it are closed when the runtime stops.
+async fn drain(
+    state: &crate::admin::AdminState,
+    stop_accepting: watch::Sender<bool>,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    connections: &terminator::Connections,
+    deadline: Duration,
+) {
+    state.start_draining();
+    tracing::info!(
+        connections = connections.active(),
+        deadline = ?deadline,
+        "draining: not ready, new connections are reset, established ones may finish"
+    );
+    let _ = stop_accepting.send(true);
+    for task in accept_loops {
+        let _ = task.await;
+    }
+    match tokio::time::timeout(deadline, connections.all_closed()).await {
+        Ok(()) => tracing::info!("drained: every connection finished"),
+        Err(_) => tracing::warn!(
+            connections = connections.active(),
+            "drain deadline passed; closing the connections left"
+        ),
+    }
 }
 
 /// Rebuilds TLS material whose files changed, and warns of certificates about to expire,
 /// until `shutdown` turns true.
 async fn follow_files(
-    sources: Arc<Vec<Arc<TlsSource>>>,
+    state: Arc<crate::admin::AdminState>,
     expiry_warning: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -150,10 +195,10 @@ async fn follow_files(
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        let sources = Arc::clone(&sources);
+        let state = Arc::clone(&state);
         // File reads and key parsing block: keep them off the runtime's workers.
         let _ = tokio::task::spawn_blocking(move || {
-            for source in sources.iter() {
+            for source in state.sources() {
                 source.refresh();
                 source.warn_expiring(expiry_warning);
             }

@@ -82,6 +82,10 @@ struct RunArgs {
     /// Log a warning this long before a served certificate expires.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     expiry_warning: Duration,
+    /// After SIGTERM or SIGINT, how long established connections may take to finish. The
+    /// default fits inside Kubernetes' default 30 s termination grace period.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    drain_timeout: Duration,
     /// Longest time from accept to a finished TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -155,6 +159,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bpffs: args.bpffs,
         admin_socket: args.admin_socket,
         expiry_warning: args.expiry_warning,
+        drain_timeout: args.drain_timeout,
         timeouts: Timeouts {
             handshake: args.handshake_timeout,
             detect: args.detect_timeout,

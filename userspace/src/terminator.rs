@@ -52,6 +52,52 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
+/// Counts the connections in progress, so a drain can wait for them to finish.
+#[derive(Debug, Default)]
+pub struct Connections {
+    active: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One connection's place in [`Connections`], released when the connection ends.
+struct Tracked(Arc<Connections>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self
+            .0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Connections {
+    fn track(self: &Arc<Self>) -> Tracked {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Tracked(Arc::clone(self))
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Completes once no connection is in progress.
+    pub async fn all_closed(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
 /// One listener's policy: which workload, what to do, where the app is.
 pub struct PortService {
     /// `namespace/name` of the workload.
@@ -96,10 +142,12 @@ fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts until `shutdown` turns true; each connection runs on its own task.
+/// Accepts until `shutdown` turns true, then closes the listener; each connection runs on its
+/// own task, counted in `connections`, and is not affected by the shutdown.
 pub async fn serve(
     listener: TcpListener,
     service: Arc<PortService>,
+    connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -111,7 +159,12 @@ pub async fn serve(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(handle(stream, peer, Arc::clone(&service)));
+                    let tracked = connections.track();
+                    let service = Arc::clone(&service);
+                    tokio::spawn(async move {
+                        handle(stream, peer, service).await;
+                        drop(tracked);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors or memory: back off rather than spin.
