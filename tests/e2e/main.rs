@@ -8,9 +8,11 @@ mod apps;
 mod check;
 mod drain;
 mod fail_closed;
+mod metrics;
 mod policies;
 mod rotation;
 mod seed;
+mod server_tls;
 mod transfer;
 
 use std::path::PathBuf;

@@ -133,10 +133,12 @@ impl Postern {
         }
         // Each postern answers `postern certs` on a socket of its own, next to its log.
         let admin_socket = log_path.with_extension("sock");
+        // ... and its HTTP admin endpoint on a free loopback port (see `admin_address`).
         cmd.arg("--bpffs")
             .arg(&bpffs_dir)
             .arg("--admin-socket")
             .arg(&admin_socket)
+            .args(["--admin-address", "127.0.0.1:0"])
             .args(extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -226,6 +228,21 @@ impl Postern {
     }
 
     /// Everything postern has written to stdout and stderr so far.
+    /// The `IP:PORT` of this postern's HTTP admin endpoint, from its log.
+    pub fn admin_address(&self) -> Result<String> {
+        const NEEDLE: &str = "admin endpoint listening address=";
+        let log = self.log();
+        let start = log
+            .find(NEEDLE)
+            .with_context(|| format!("no {NEEDLE:?} in the log:\n{}", tail(&log, 20)))?
+            + NEEDLE.len();
+        Ok(log[start..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string())
+    }
+
     /// The admin socket `postern certs --admin-socket` reaches this postern on.
     pub fn admin_socket(&self) -> &Path {
         &self.admin_socket

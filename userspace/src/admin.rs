@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use crate::metrics::PortMetrics;
 use crate::tls::reload::{Secret, TlsSource};
 
 /// Where the daemon listens unless told otherwise.
@@ -25,18 +26,54 @@ pub const DEFAULT_SOCKET: &str = "/run/postern/admin.sock";
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 64;
 
-/// What the admin socket reports on.
+/// What the admin socket and the admin HTTP endpoint report on.
 pub struct AdminState {
     sources: Vec<Arc<TlsSource>>,
+    metrics: Vec<Arc<PortMetrics>>,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(sources: Vec<Arc<TlsSource>>) -> AdminState {
+    pub fn new(sources: Vec<Arc<TlsSource>>, metrics: Vec<Arc<PortMetrics>>) -> AdminState {
         AdminState {
             sources,
+            metrics,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Ready, or why not: draining, or TLS material whose update failed to load.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut problems: Vec<String> = secrets(&self.sources)
+            .iter()
+            .filter_map(|s| Some(format!("{}: {}", s.resource_name, s.error.as_ref()?)))
+            .collect();
+        if self.draining.load(Ordering::Acquire) {
+            problems.insert(0, "draining".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Every listener's metrics and the served certificates' expiry, as Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        let mut extra = String::from(
+            "# HELP postern_certificate_expiry_timestamp_seconds When each served certificate expires.\n# TYPE postern_certificate_expiry_timestamp_seconds gauge\n",
+        );
+        for secret in secrets(&self.sources) {
+            extra += &format!(
+                "postern_certificate_expiry_timestamp_seconds{{resource_name=\"{}\",type=\"{}\",serial_number=\"{}\"}} {}\n",
+                crate::metrics::escape(&secret.resource_name),
+                secret.kind,
+                secret.serial_number,
+                secret.not_after_unix
+            );
+        }
+        let ports: Vec<&PortMetrics> = self.metrics.iter().map(Arc::as_ref).collect();
+        crate::metrics::render(&ports, &extra)
     }
 
     /// Every TLS port's material.
@@ -110,7 +147,10 @@ async fn answer(stream: UnixStream, state: Arc<AdminState>) {
     let reply = match (request, line.trim()) {
         (Ok(Ok(_)), "certs") => serde_json::to_string_pretty(&secrets(state.sources()))
             .unwrap_or_else(|e| e.to_string()),
-        (Ok(Ok(_)), "ready") => readiness(&state),
+        (Ok(Ok(_)), "ready") => match state.readiness() {
+            Ok(()) => "ready".to_string(),
+            Err(reasons) => format!("not ready: {reasons}"),
+        },
         (Ok(Ok(_)), other) => {
             format!("error: unknown request {other:?}; expected \"certs\" or \"ready\"")
         }
@@ -118,21 +158,6 @@ async fn answer(stream: UnixStream, state: Arc<AdminState>) {
     };
     let _ = write.write_all(reply.as_bytes()).await;
     let _ = write.shutdown().await;
-}
-
-fn readiness(state: &AdminState) -> String {
-    let mut problems: Vec<String> = secrets(state.sources())
-        .iter()
-        .filter_map(|s| Some(format!("{}: {}", s.resource_name, s.error.as_ref()?)))
-        .collect();
-    if state.draining.load(Ordering::Acquire) {
-        problems.insert(0, "draining".to_string());
-    }
-    if problems.is_empty() {
-        "ready".to_string()
-    } else {
-        format!("not ready: {}", problems.join("; "))
-    }
 }
 
 /// Every source's rows, one row per resource even where several ports share the files.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::metrics::PortMetrics;
 use crate::netns::Netns;
 use crate::policy::{MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy};
 use crate::redirect::{Steering, SteeringRule};
@@ -38,6 +39,8 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     /// The admin socket `postern certs` asks.
     pub admin_socket: PathBuf,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (loopback).
+    pub admin_address: SocketAddr,
     /// Warn this long before a served certificate expires.
     pub expiry_warning: Duration,
     /// How long established connections may take to finish after SIGTERM or SIGINT.
@@ -67,6 +70,8 @@ struct Plan {
     namespaces: Vec<NetnsPlan>,
     /// Every TLS port's material, followed for changes.
     sources: Vec<Arc<TlsSource>>,
+    /// Every listener's metrics.
+    metrics: Vec<Arc<PortMetrics>>,
 }
 
 /// Serves `table` until `shutdown` completes, then drains and detaches everything.
@@ -81,7 +86,17 @@ pub async fn run(
     let Plan {
         namespaces: plans,
         sources,
+        metrics,
     } = plan(table, options.timeouts)?;
+    let http = TcpListener::bind(options.admin_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on the admin address {}",
+                options.admin_address
+            )
+        })?;
+    tracing::info!(address = %http.local_addr()?, "admin endpoint listening");
     let admin = crate::admin::bind(&options.admin_socket).with_context(|| {
         format!(
             "cannot listen on the admin socket {}",
@@ -100,8 +115,13 @@ pub async fn run(
     // certificate watch stay until the very end, so readiness can say "draining".
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_admin, admin_running) = watch::channel(false);
-    let state = Arc::new(crate::admin::AdminState::new(sources));
+    let state = Arc::new(crate::admin::AdminState::new(sources, metrics));
     let background = [
+        tokio::spawn(crate::http_admin::serve(
+            http,
+            Arc::clone(&state),
+            admin_running.clone(),
+        )),
         tokio::spawn(crate::admin::serve(
             admin,
             options.admin_socket.clone(),
@@ -215,6 +235,7 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
     }
     let mut plans = Vec::new();
     let mut sources = Vec::new();
+    let mut metrics = Vec::new();
     for (reference, workloads) in by_netns {
         let netns = Arc::new(Netns::open(reference)?);
         let mut planned = Vec::new();
@@ -226,6 +247,7 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
                 planned.push(plan_other_ports(workload, &netns, timeouts)?);
             }
         }
+        metrics.extend(planned.iter().map(|p| Arc::clone(&p.service.metrics)));
         if !planned.is_empty() {
             plans.push(NetnsPlan { netns, planned });
         }
@@ -233,6 +255,7 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
     Ok(Plan {
         namespaces: plans,
         sources,
+        metrics,
     })
 }
 
@@ -271,6 +294,11 @@ fn plan_port(
             endpoint: Some(port.endpoint.clone()),
             netns: Arc::clone(netns),
             timeouts,
+            metrics: Arc::new(PortMetrics::new(
+                &workload.namespace,
+                &workload.name,
+                Some(port.port),
+            )),
         }),
         label,
     })
@@ -295,6 +323,7 @@ fn plan_other_ports(
             endpoint: None,
             netns: Arc::clone(netns),
             timeouts,
+            metrics: Arc::new(PortMetrics::new(&workload.namespace, &workload.name, None)),
         }),
         label,
     })

@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod http_admin;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod redirect;

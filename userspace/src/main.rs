@@ -79,6 +79,9 @@ struct RunArgs {
     /// Unix socket (root only) where `postern certs` reaches the daemon.
     #[arg(long, default_value = postern::admin::DEFAULT_SOCKET)]
     admin_socket: PathBuf,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; port 0 picks a free one (logged).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin_address: std::net::SocketAddr,
     /// Log a warning this long before a served certificate expires.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     expiry_warning: Duration,
@@ -158,6 +161,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let options = RunOptions {
         bpffs: args.bpffs,
         admin_socket: args.admin_socket,
+        admin_address: args.admin_address,
         expiry_warning: args.expiry_warning,
         drain_timeout: args.drain_timeout,
         timeouts: Timeouts {

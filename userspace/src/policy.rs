@@ -158,6 +158,143 @@ pub struct TlsSettings {
     pub private_key: PathBuf,
     /// Required for `Mutual`; `None` for `Simple`.
     pub ca_certificates: Option<PathBuf>,
+    /// `caCrl`: PEM CRLs; a client certificate they revoke is refused. `Mutual` only.
+    pub ca_crl: Option<PathBuf>,
+    /// What a client certificate must match beyond its chain. `Mutual` only.
+    pub client_match: ClientMatch,
+    /// TLS versions and TLS 1.2 cipher suites.
+    pub protocol: ProtocolSettings,
+}
+
+impl fmt::Display for TlsSettings {
+    /// `MUTUAL TLS`, followed by a short note of the extra checks and limits, if any:
+    /// `MUTUAL TLS (SAN, pinned, CRL, TLSv1.2 only, ciphers)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ProtocolSettings {
+            min_version,
+            max_version,
+            cipher_suites,
+        } = &self.protocol;
+        let only = format!("{min_version} only");
+        let notes = [
+            (!self.client_match.subject_alt_names.is_empty(), "SAN"),
+            (!self.client_match.pins.is_empty(), "pinned"),
+            (self.ca_crl.is_some(), "CRL"),
+            (min_version == max_version, only.as_str()),
+            (!cipher_suites.is_empty(), "ciphers"),
+        ];
+        let notes: Vec<&str> = notes
+            .iter()
+            .filter(|(shown, _)| *shown)
+            .map(|(_, note)| *note)
+            .collect();
+        write!(f, "{} TLS", self.mode)?;
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a MUTUAL port's client certificate beyond its chain to `caCertificates`, as
+/// Envoy makes them. Empty lists check nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientMatch {
+    /// `subjectAltNames`: the certificate must carry one of these names, as a DNS, URI, email
+    /// or IP address subjectAltName.
+    pub subject_alt_names: Vec<String>,
+    /// `verifyCertificateSpki` then `verifyCertificateHash`: if there is any, the certificate
+    /// must match one, whichever list it came from.
+    pub pins: Vec<Pin>,
+}
+
+/// A SHA-256 digest a client certificate may match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// `verifyCertificateSpki`: of the certificate's SubjectPublicKeyInfo.
+    Spki([u8; 32]),
+    /// `verifyCertificateHash`: of the whole (DER) certificate.
+    Certificate([u8; 32]),
+}
+
+/// A TLS version postern serves: rustls implements TLS 1.2 and 1.3 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        })
+    }
+}
+
+/// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolSettings {
+    /// Never above `max_version`.
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// TLS 1.2 suites in order of preference; empty means rustls' defaults. TLS 1.3 suites
+    /// are not configurable, as in Envoy.
+    pub cipher_suites: Vec<CipherSuite>,
+}
+
+impl Default for ProtocolSettings {
+    /// Envoy's defaults for a server: TLS 1.2 and 1.3, the library's cipher suites.
+    fn default() -> Self {
+        ProtocolSettings {
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+        }
+    }
+}
+
+/// A TLS 1.2 cipher suite that rustls implements, known by the OpenSSL name Envoy and Istio
+/// users write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherSuite {
+    EcdheEcdsaAes128GcmSha256,
+    EcdheEcdsaAes256GcmSha384,
+    EcdheEcdsaChacha20Poly1305,
+    EcdheRsaAes128GcmSha256,
+    EcdheRsaAes256GcmSha384,
+    EcdheRsaChacha20Poly1305,
+}
+
+impl CipherSuite {
+    pub const ALL: [CipherSuite; 6] = [
+        CipherSuite::EcdheEcdsaAes128GcmSha256,
+        CipherSuite::EcdheEcdsaAes256GcmSha384,
+        CipherSuite::EcdheEcdsaChacha20Poly1305,
+        CipherSuite::EcdheRsaAes128GcmSha256,
+        CipherSuite::EcdheRsaAes256GcmSha384,
+        CipherSuite::EcdheRsaChacha20Poly1305,
+    ];
+
+    /// The OpenSSL (and Envoy) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CipherSuite::EcdheEcdsaAes128GcmSha256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+            CipherSuite::EcdheEcdsaAes256GcmSha384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+            CipherSuite::EcdheEcdsaChacha20Poly1305 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+            CipherSuite::EcdheRsaAes128GcmSha256 => "ECDHE-RSA-AES128-GCM-SHA256",
+            CipherSuite::EcdheRsaAes256GcmSha384 => "ECDHE-RSA-AES256-GCM-SHA384",
+            CipherSuite::EcdheRsaChacha20Poly1305 => "ECDHE-RSA-CHACHA20-POLY1305",
+        }
+    }
+
+    /// Parses an OpenSSL name, exactly as written (OpenSSL's names are case-sensitive).
+    pub fn parse(name: &str) -> Option<CipherSuite> {
+        CipherSuite::ALL
+            .into_iter()
+            .find(|suite| suite.name() == name)
+    }
 }
 
 /// What postern does with a connection to an intercepted port.
@@ -178,7 +315,7 @@ pub enum PortAction {
 impl fmt::Display for PortAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PortAction::Tls(tls) => write!(f, "{} TLS", tls.mode),
+            PortAction::Tls(tls) => write!(f, "{tls}"),
             PortAction::Plaintext => f.write_str("PLAINTEXT"),
             PortAction::MeshStrict => f.write_str("MESH MTLS (STRICT)"),
             PortAction::Permissive => f.write_str("PERMISSIVE"),

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::{HandshakeFailure, PortMetrics};
 use crate::netns::Netns;
 use crate::policy::Endpoint;
 use crate::tls::reload::TlsSource;
@@ -107,6 +108,7 @@ pub struct PortService {
     pub endpoint: Option<Endpoint>,
     pub netns: Arc<Netns>,
     pub timeouts: Timeouts,
+    pub metrics: Arc<PortMetrics>,
 }
 
 /// Creates a listening socket inside `netns`. The kernel hands it connections through
@@ -221,7 +223,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>) 
         .map(canonical)
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
     let mut record = Record::default();
+    service.metrics.opened();
     let result = apply_policy(stream, &service, &mut record).await;
+    service
+        .metrics
+        .closed(record.bytes_from_client, record.bytes_to_client);
     let (outcome, reason) = match &result {
         Ok(()) => ("ok", String::new()),
         Err(failure) => (failure.outcome(), failure.to_string()),
@@ -252,10 +258,20 @@ async fn apply_policy(
     match &service.action {
         Action::Tls(source) => {
             let acceptor = TlsAcceptor::from(source.current());
-            let tls = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream))
-                .await
-                .map_err(|_| Failure::HandshakeTimeout(timeouts.handshake))?
-                .map_err(Failure::Handshake)?;
+            let started = Instant::now();
+            let handshake = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
+            let tls = match handshake {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    service.metrics.handshake_failed(HandshakeFailure::of(&e));
+                    return Err(Failure::Handshake(e));
+                }
+                Err(_) => {
+                    service.metrics.handshake_failed(HandshakeFailure::Timeout);
+                    return Err(Failure::HandshakeTimeout(timeouts.handshake));
+                }
+            };
+            service.metrics.handshake_done(started.elapsed());
             let (_, session) = tls.get_ref();
             record.tls_version = session.protocol_version().map(crate::tls::version_name);
             record.client_subject = session

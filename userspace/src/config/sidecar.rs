@@ -2,6 +2,7 @@
 //! with what TLS ("Ingress Sidecar TLS Termination").
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -12,7 +13,10 @@ use super::error::{expected, FieldPath, Report};
 use super::values::{
     self, absolute_path, choose, ip_address, optional, port_number, Choice, Labels,
 };
-use crate::policy::{Endpoint, Protocol, TlsMode, TlsSettings};
+use crate::policy::{
+    CipherSuite, ClientMatch, Endpoint, Pin, Protocol, ProtocolSettings, TlsMode, TlsSettings,
+    TlsVersion,
+};
 
 /// A valid Sidecar.
 #[derive(Debug)]
@@ -90,6 +94,13 @@ struct RawTls {
     server_certificate: Option<String>,
     private_key: Option<String>,
     ca_certificates: Option<String>,
+    ca_crl: Option<String>,
+    subject_alt_names: Option<Vec<String>>,
+    verify_certificate_spki: Option<Vec<String>>,
+    verify_certificate_hash: Option<Vec<String>>,
+    min_protocol_version: Option<String>,
+    max_protocol_version: Option<String>,
+    cipher_suites: Option<Vec<String>>,
 }
 
 const CAPTURE_MODES: &[Choice<()>] = &[
@@ -110,16 +121,27 @@ const TLS_MODES: &[Choice<TlsMode>] = &[
     Choice::Refuse("OPTIONAL_MUTUAL", "not supported"),
 ];
 
+/// Istio's `TLSProtocol` values, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum IstioTlsVersion {
+    Auto,
+    V1_0,
+    V1_1,
+    V1_2,
+    V1_3,
+}
+
+const TLS_VERSIONS: &[Choice<IstioTlsVersion>] = &[
+    Choice::Accept("TLS_AUTO", IstioTlsVersion::Auto),
+    Choice::Accept("TLSV1_0", IstioTlsVersion::V1_0),
+    Choice::Accept("TLSV1_1", IstioTlsVersion::V1_1),
+    Choice::Accept("TLSV1_2", IstioTlsVersion::V1_2),
+    Choice::Accept("TLSV1_3", IstioTlsVersion::V1_3),
+];
+
 /// ServerTLSSettings fields postern does not implement. Each restricts who may connect or
 /// how; accepting one without enforcing it would quietly weaken what the operator asked for.
 const UNSUPPORTED_TLS_FIELDS: &[&str] = &[
-    "subjectAltNames",
-    "verifyCertificateSpki",
-    "verifyCertificateHash",
-    "caCrl",
-    "minProtocolVersion",
-    "maxProtocolVersion",
-    "cipherSuites",
     "credentialName",
     "credentialNames",
     "httpsRedirect",
@@ -283,24 +305,255 @@ fn tls_settings(mut tls: Mapping, path: &FieldPath, report: &mut Report) -> Opti
         }
         (_, ca) => optional(ca, |ca| report.check(&ca_path, absolute_path(&ca))),
     };
+    let client = ClientFields {
+        mode,
+        path,
+        ca_crl: raw.ca_crl,
+        subject_alt_names: raw.subject_alt_names,
+        spki: raw.verify_certificate_spki,
+        hashes: raw.verify_certificate_hash,
+    };
+    let client = client.validate(report);
+    let protocol = protocol_settings(
+        raw.min_protocol_version,
+        raw.max_protocol_version,
+        raw.cipher_suites,
+        path,
+        report,
+    );
     if !supported {
         return None;
     }
+    let (ca_crl, client_match) = client?;
     Some(TlsSettings {
         mode: mode?,
         server_certificate: server_certificate?,
         private_key: private_key?,
         ca_certificates: ca_certificates?,
+        ca_crl,
+        client_match,
+        protocol: protocol?,
+    })
+}
+
+/// The fields that check a client's certificate, as written, with what they depend on.
+struct ClientFields<'a> {
+    mode: Option<TlsMode>,
+    path: &'a FieldPath,
+    ca_crl: Option<String>,
+    subject_alt_names: Option<Vec<String>>,
+    spki: Option<Vec<String>>,
+    hashes: Option<Vec<String>>,
+}
+
+impl ClientFields<'_> {
+    /// `caCrl` and the [`ClientMatch`]. Each field is refused with SIMPLE, where no client
+    /// certificate is asked for: accepting it would promise a check that never happens.
+    fn validate(self, report: &mut Report) -> Option<(Option<PathBuf>, ClientMatch)> {
+        let mut mutual_only = |field: &str, present: bool| {
+            let refused = present && self.mode == Some(TlsMode::Simple);
+            if refused {
+                report.error(
+                    &self.path.key(field),
+                    "only applies to MUTUAL: with SIMPLE, clients present no certificate to check",
+                );
+            }
+            !refused
+        };
+        let usable = [
+            mutual_only("caCrl", self.ca_crl.is_some()),
+            mutual_only("subjectAltNames", self.subject_alt_names.is_some()),
+            mutual_only("verifyCertificateSpki", self.spki.is_some()),
+            mutual_only("verifyCertificateHash", self.hashes.is_some()),
+        ];
+        let crl_path = self.path.key("caCrl");
+        let ca_crl = optional(self.ca_crl, |crl| {
+            report.check(&crl_path, absolute_path(&crl))
+        });
+        let spki_pins = pins(
+            self.spki.unwrap_or_default(),
+            &self.path.key("verifyCertificateSpki"),
+            |text| spki_digest(text).map(Pin::Spki),
+            report,
+        );
+        let certificate_pins = pins(
+            self.hashes.unwrap_or_default(),
+            &self.path.key("verifyCertificateHash"),
+            |text| certificate_digest(text).map(Pin::Certificate),
+            report,
+        );
+        if usable.contains(&false) {
+            return None;
+        }
+        let client_match = ClientMatch {
+            subject_alt_names: self.subject_alt_names.unwrap_or_default(),
+            pins: [spki_pins?, certificate_pins?].concat(),
+        };
+        Some((ca_crl?, client_match))
+    }
+}
+
+/// Every entry of a digest list, each checked by `parse`; problems are reported per entry.
+fn pins(
+    entries: Vec<String>,
+    path: &FieldPath,
+    parse: fn(&str) -> Result<Pin, String>,
+    report: &mut Report,
+) -> Option<Vec<Pin>> {
+    let pins: Vec<Option<Pin>> = entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| report.check(&path.index(index), parse(entry)))
+        .collect();
+    pins.into_iter().collect()
+}
+
+/// `verifyCertificateSpki`: the base64 SHA-256 of a SubjectPublicKeyInfo, as Envoy reads it.
+fn spki_digest(text: &str) -> Result<[u8; 32], String> {
+    base64_decode(text)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            expected(
+                &["the base64 SHA-256 of a SubjectPublicKeyInfo (44 characters)"],
+                format!("{text:?}"),
+            )
+        })
+}
+
+/// `verifyCertificateHash`: the hex SHA-256 of a certificate, colons optional, any case, as
+/// `openssl x509 -noout -fingerprint -sha256` prints it.
+fn certificate_digest(text: &str) -> Result<[u8; 32], String> {
+    let digits: Vec<u8> = text.bytes().filter(|byte| *byte != b':').collect();
+    let bytes: Option<Vec<u8>> = digits
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            (pair.len() == 2).then(|| u8::from_str_radix(pair, 16).ok())?
+        })
+        .collect();
+    bytes
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            expected(
+                &["the hex SHA-256 of a certificate (64 hex digits, colons optional)"],
+                format!("{text:?}"),
+            )
+        })
+}
+
+/// Standard base64 (RFC 4648 section 4) with its padding, as Envoy requires; `None` if `text`
+/// is anything else.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let padding = text.iter().rev().take_while(|byte| **byte == b'=').count();
+    if padding > 2 {
+        return None;
+    }
+    let mut bits: u32 = 0;
+    let mut count = 0;
+    let mut bytes = Vec::with_capacity(text.len() / 4 * 3);
+    for byte in &text[..text.len() - padding] {
+        let value = ALPHABET.iter().position(|letter| letter == byte)?;
+        bits = (bits << 6) | value as u32;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            bytes.push((bits >> count) as u8);
+        }
+    }
+    // The bits left over are padding, and must be zero for the encoding to be canonical.
+    (bits & ((1 << count) - 1) == 0).then_some(bytes)
+}
+
+/// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`, mapped to what rustls can
+/// serve: TLS 1.2 and 1.3, and its TLS 1.2 suites.
+fn protocol_settings(
+    min: Option<String>,
+    max: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    path: &FieldPath,
+    report: &mut Report,
+) -> Option<ProtocolSettings> {
+    let min_path = path.key("minProtocolVersion");
+    let max_path = path.key("maxProtocolVersion");
+    let min = optional(min, |min| {
+        report.check(&min_path, choose(Some(&min), TLS_VERSIONS))
+    });
+    let max = optional(max, |max| {
+        report.check(&max_path, choose(Some(&max), TLS_VERSIONS))
+    });
+    let min_version = match min? {
+        Some(IstioTlsVersion::V1_0 | IstioTlsVersion::V1_1) => {
+            report.warn(
+                &min_path,
+                "postern serves TLS 1.2 and 1.3 only, so the minimum is effectively TLSV1_2, \
+                 stricter than asked",
+            );
+            TlsVersion::Tls12
+        }
+        Some(IstioTlsVersion::V1_3) => TlsVersion::Tls13,
+        Some(IstioTlsVersion::Auto | IstioTlsVersion::V1_2) | None => TlsVersion::Tls12,
+    };
+    let max_version = match max? {
+        Some(IstioTlsVersion::V1_0 | IstioTlsVersion::V1_1) => {
+            report.error(
+                &max_path,
+                "postern cannot serve TLS below 1.2 (its TLS library, rustls, implements TLS \
+                 1.2 and 1.3 only); expected TLSV1_2, TLSV1_3 or TLS_AUTO",
+            );
+            None
+        }
+        Some(IstioTlsVersion::V1_2) => Some(TlsVersion::Tls12),
+        Some(IstioTlsVersion::Auto | IstioTlsVersion::V1_3) | None => Some(TlsVersion::Tls13),
+    };
+    let cipher_suites = cipher_suites.unwrap_or_default();
+    let suites_path = path.key("cipherSuites");
+    let suites: Vec<Option<CipherSuite>> = cipher_suites
+        .iter()
+        .enumerate()
+        .map(|(index, name)| report.check(&suites_path.index(index), cipher_suite(name)))
+        .collect();
+    let max_version = max_version?;
+    if min_version > max_version {
+        report.error(
+            &max_path,
+            format!("{max_version} is below minProtocolVersion {min_version}"),
+        );
+        return None;
+    }
+    if !cipher_suites.is_empty() && min_version == TlsVersion::Tls13 {
+        report.warn(
+            &suites_path,
+            "unused: cipherSuites apply to TLS 1.2, which minProtocolVersion TLSV1_3 excludes",
+        );
+    }
+    Some(ProtocolSettings {
+        min_version,
+        max_version,
+        cipher_suites: suites.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// A `cipherSuites` entry: a TLS 1.2 suite rustls implements, by its OpenSSL name.
+fn cipher_suite(name: &str) -> Result<CipherSuite, String> {
+    CipherSuite::parse(name).ok_or_else(|| {
+        let why = if name.starts_with("TLS_") {
+            "TLS 1.3 suites are not configurable, as in Envoy"
+        } else {
+            "postern's TLS library, rustls, does not implement it"
+        };
+        let names = CipherSuite::ALL.map(CipherSuite::name);
+        format!("{} ({why})", expected(&names, name))
     })
 }
 
 /// A required file path. The file is not read here: the `tls` module loads it, and again
 /// whenever it changes.
-fn file(
-    value: Option<String>,
-    path: &FieldPath,
-    report: &mut Report,
-) -> Option<std::path::PathBuf> {
+fn file(value: Option<String>, path: &FieldPath, report: &mut Report) -> Option<PathBuf> {
     let value = value.ok_or_else(|| expected(&["an absolute path"], "nothing"));
     report.check(path, value.and_then(|value| absolute_path(&value)))
 }
@@ -393,6 +646,9 @@ mod tests {
             server_certificate: "/c.crt".into(),
             private_key: "/k.key".into(),
             ca_certificates: None,
+            ca_crl: None,
+            client_match: ClientMatch::default(),
+            protocol: ProtocolSettings::default(),
         };
         assert_eq!(ports[0].action, crate::policy::PortAction::Tls(expected));
         // Without defaultEndpoint, the app is on the same port on loopback.
@@ -568,9 +824,275 @@ mod tests {
             );
         }
         assert_entry_error(
-            &format!("{{port: {{number: 9080, protocol: HTTPS}}, tls: {{mode: SIMPLE, {TLS}, sni: x}}}}"),
+            &format!(
+                "{{port: {{number: 9080, protocol: HTTPS}}, tls: {{mode: SIMPLE, {TLS}, sni: x}}}}"
+            ),
             "tls.sni",
-            "unknown field `sni`, expected one of `mode`, `serverCertificate`, `privateKey`, `caCertificates`",
+            "unknown field `sni`, expected one of `mode`, `serverCertificate`, `privateKey`, \
+             `caCertificates`, `caCrl`, `subjectAltNames`, `verifyCertificateSpki`, \
+             `verifyCertificateHash`, `minProtocolVersion`, `maxProtocolVersion`, `cipherSuites`",
+        );
+    }
+
+    /// A MUTUAL port with the seed's files and `extra` fields (flow-mapping entries).
+    fn mutual(extra: &str) -> String {
+        format!(
+            "{{port: {{number: 9080, protocol: HTTPS}}, tls: {{mode: MUTUAL, {TLS}, \
+             caCertificates: /ca.crt, {extra}}}}}"
+        )
+    }
+
+    /// The TLS settings of httpbin's port from `entry`.
+    fn tls_of(entry: &str) -> TlsSettings {
+        match &ports(&[entry])[0].action {
+            crate::policy::PortAction::Tls(tls) => tls.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `openssl x509 -noout -fingerprint -sha256` of some certificate, and its bytes.
+    const FINGERPRINT: &str = "5F:0E:8B:6D:2C:2E:6B:6B:1B:9B:5A:43:6A:A8:3C:25:\
+                               0F:2B:D6:8E:54:0F:42:9E:6E:3C:13:3D:6C:38:0C:7A";
+    const DIGEST: [u8; 32] = [
+        0x5f, 0x0e, 0x8b, 0x6d, 0x2c, 0x2e, 0x6b, 0x6b, 0x1b, 0x9b, 0x5a, 0x43, 0x6a, 0xa8, 0x3c,
+        0x25, 0x0f, 0x2b, 0xd6, 0x8e, 0x54, 0x0f, 0x42, 0x9e, 0x6e, 0x3c, 0x13, 0x3d, 0x6c, 0x38,
+        0x0c, 0x7a,
+    ];
+    /// The same 32 bytes in base64.
+    const DIGEST_BASE64: &str = "Xw6LbSwua2sbm1pDaqg8JQ8r1o5UD0KebjwTPWw4DHo=";
+
+    #[test]
+    fn client_checks_map_to_the_port() {
+        let tls = tls_of(&mutual(&format!(
+            "caCrl: /ca.crl, subjectAltNames: [client.test, 'spiffe://td/ns/a/sa/b'], \
+             verifyCertificateSpki: ['{DIGEST_BASE64}'], verifyCertificateHash: ['{FINGERPRINT}', \
+             '{}']",
+            FINGERPRINT.replace(':', "").to_lowercase()
+        )));
+        assert_eq!(tls.ca_crl, Some(PathBuf::from("/ca.crl")));
+        assert_eq!(
+            tls.client_match,
+            ClientMatch {
+                subject_alt_names: vec!["client.test".into(), "spiffe://td/ns/a/sa/b".into()],
+                pins: vec![
+                    Pin::Spki(DIGEST),
+                    Pin::Certificate(DIGEST),
+                    Pin::Certificate(DIGEST)
+                ],
+            }
+        );
+        assert_eq!(tls.to_string(), "MUTUAL TLS (SAN, pinned, CRL)");
+    }
+
+    #[test]
+    fn digests_are_validated_entry_by_entry() {
+        assert_error(
+            &sidecar(&[&mutual(&format!(
+                "verifyCertificateSpki: ['{DIGEST_BASE64}', 'Xw6LbSwu'], \
+                 verifyCertificateHash: ['{}', 'zz']",
+                &FINGERPRINT[3..]
+            ))]),
+            &[
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.verifyCertificateSpki[1]: expected the base64 \
+                     SHA-256 of a SubjectPublicKeyInfo (44 characters), found \"Xw6LbSwu\""
+                ),
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.verifyCertificateHash[0]: expected the hex \
+                     SHA-256 of a certificate (64 hex digits, colons optional), found \"{}\"",
+                    &FINGERPRINT[3..]
+                ),
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.verifyCertificateHash[1]: expected the hex \
+                     SHA-256 of a certificate (64 hex digits, colons optional), found \"zz\""
+                ),
+            ]
+            .join("\n"),
+        );
+    }
+
+    #[test]
+    fn digest_formats() {
+        assert_eq!(spki_digest(DIGEST_BASE64), Ok(DIGEST));
+        assert!(
+            spki_digest(&DIGEST_BASE64.replace('=', "")).is_err(),
+            "padding"
+        );
+        assert!(
+            spki_digest("Xw6LbSwua2sbm1pDaqg8JQ8r1o5UD0KebjwTPWw4DHp=").is_err(),
+            "stray bits"
+        );
+        assert!(spki_digest("AAAA").is_err(), "length");
+        assert!(
+            spki_digest(&DIGEST_BASE64.replace('X', "-")).is_err(),
+            "alphabet"
+        );
+        assert_eq!(certificate_digest(FINGERPRINT), Ok(DIGEST));
+        assert_eq!(certificate_digest(&FINGERPRINT.to_lowercase()), Ok(DIGEST));
+        assert!(
+            certificate_digest(&FINGERPRINT[..FINGERPRINT.len() - 1]).is_err(),
+            "odd"
+        );
+        assert!(
+            certificate_digest(&format!("{FINGERPRINT}00")).is_err(),
+            "length"
+        );
+        assert!(
+            certificate_digest(&FINGERPRINT.replace('5', "é")).is_err(),
+            "not hex"
+        );
+        assert_eq!(base64_decode("TWE="), Some(b"Ma".to_vec()));
+        assert_eq!(base64_decode("TQ=="), Some(b"M".to_vec()));
+        assert_eq!(base64_decode("TWFu"), Some(b"Man".to_vec()));
+        assert_eq!(base64_decode("T==="), None);
+    }
+
+    #[test]
+    fn client_checks_only_apply_to_mutual() {
+        let entry = format!(
+            "{{port: {{number: 9080, protocol: HTTPS}}, tls: {{mode: SIMPLE, {TLS}, caCrl: /ca.crl, \
+             subjectAltNames: [a], verifyCertificateSpki: [x], verifyCertificateHash: [y]}}}}"
+        );
+        let message =
+            "only applies to MUTUAL: with SIMPLE, clients present no certificate to check";
+        let errors = crate::config::testing::errors(&sidecar(&[&entry]));
+        for field in [
+            "caCrl",
+            "subjectAltNames",
+            "verifyCertificateSpki",
+            "verifyCertificateHash",
+        ] {
+            let line = format!("{LOCATION}: spec.ingress[0].tls.{field}: {message}");
+            assert!(errors.lines().any(|error| error == line), "{errors}");
+        }
+    }
+
+    #[test]
+    fn ca_crl_is_an_absolute_path_and_lists_are_lists() {
+        assert_entry_error(
+            &mutual("caCrl: ca.crl"),
+            "tls.caCrl",
+            "expected an absolute path, found \"ca.crl\"",
+        );
+        assert_entry_error(
+            &mutual("subjectAltNames: client.test"),
+            "tls.subjectAltNames",
+            "invalid type: string \"client.test\", expected a sequence",
+        );
+    }
+
+    #[test]
+    fn protocol_versions_map_to_what_rustls_serves() {
+        let versions = |extra: &str| {
+            let protocol = tls_of(&mutual(extra)).protocol;
+            (protocol.min_version, protocol.max_version)
+        };
+        use TlsVersion::{Tls12, Tls13};
+        assert_eq!(versions(""), (Tls12, Tls13));
+        assert_eq!(
+            versions("minProtocolVersion: TLS_AUTO, maxProtocolVersion: TLS_AUTO"),
+            (Tls12, Tls13)
+        );
+        assert_eq!(versions("maxProtocolVersion: TLSV1_2"), (Tls12, Tls12));
+        assert_eq!(versions("minProtocolVersion: TLSV1_3"), (Tls13, Tls13));
+        assert_eq!(
+            versions("minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3"),
+            (Tls12, Tls13)
+        );
+        assert_eq!(
+            tls_of(&mutual("maxProtocolVersion: TLSV1_2")).to_string(),
+            "MUTUAL TLS (TLSv1.2 only)"
+        );
+    }
+
+    #[test]
+    fn a_minimum_below_tls12_is_raised_with_a_warning() {
+        for old in ["TLSV1_0", "TLSV1_1"] {
+            let entry = mutual(&format!("minProtocolVersion: {old}"));
+            assert_eq!(tls_of(&entry).protocol.min_version, TlsVersion::Tls12);
+            assert_eq!(
+                warnings(&sidecar(&[&entry]))[0],
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.minProtocolVersion: postern serves TLS 1.2 \
+                     and 1.3 only, so the minimum is effectively TLSV1_2, stricter than asked"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn protocol_version_errors() {
+        for old in ["TLSV1_0", "TLSV1_1"] {
+            assert_entry_error(
+                &mutual(&format!("maxProtocolVersion: {old}")),
+                "tls.maxProtocolVersion",
+                "postern cannot serve TLS below 1.2 (its TLS library, rustls, implements TLS 1.2 \
+                 and 1.3 only); expected TLSV1_2, TLSV1_3 or TLS_AUTO",
+            );
+        }
+        assert_entry_error(
+            &mutual("minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2"),
+            "tls.maxProtocolVersion",
+            "TLSv1.2 is below minProtocolVersion TLSv1.3",
+        );
+        assert_entry_error(
+            &mutual("minProtocolVersion: TLSv1_2"),
+            "tls.minProtocolVersion",
+            "expected TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2 or TLSV1_3, found TLSv1_2",
+        );
+    }
+
+    #[test]
+    fn cipher_suites_map_in_order() {
+        let tls = tls_of(&mutual(
+            "cipherSuites: [ECDHE-RSA-CHACHA20-POLY1305, ECDHE-ECDSA-AES256-GCM-SHA384]",
+        ));
+        assert_eq!(
+            tls.protocol.cipher_suites,
+            [
+                CipherSuite::EcdheRsaChacha20Poly1305,
+                CipherSuite::EcdheEcdsaAes256GcmSha384
+            ]
+        );
+        assert_eq!(tls.to_string(), "MUTUAL TLS (ciphers)");
+        for suite in CipherSuite::ALL {
+            assert_eq!(cipher_suite(suite.name()), Ok(suite));
+        }
+    }
+
+    #[test]
+    fn unknown_cipher_suites_are_refused_with_the_supported_names() {
+        let supported = "ECDHE-ECDSA-AES128-GCM-SHA256, ECDHE-ECDSA-AES256-GCM-SHA384, \
+                         ECDHE-ECDSA-CHACHA20-POLY1305, ECDHE-RSA-AES128-GCM-SHA256, \
+                         ECDHE-RSA-AES256-GCM-SHA384 or ECDHE-RSA-CHACHA20-POLY1305";
+        assert_error(
+            &sidecar(&[&mutual(
+                "cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, AES128-SHA, TLS_AES_128_GCM_SHA256]",
+            )]),
+            &[
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.cipherSuites[1]: expected {supported}, found \
+                     AES128-SHA (postern's TLS library, rustls, does not implement it)"
+                ),
+                format!(
+                    "{LOCATION}: spec.ingress[0].tls.cipherSuites[2]: expected {supported}, found \
+                     TLS_AES_128_GCM_SHA256 (TLS 1.3 suites are not configurable, as in Envoy)"
+                ),
+            ]
+            .join("\n"),
+        );
+    }
+
+    #[test]
+    fn cipher_suites_without_tls12_are_warned_unused() {
+        let entry =
+            mutual("minProtocolVersion: TLSV1_3, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]");
+        assert_eq!(
+            warnings(&sidecar(&[&entry]))[0],
+            format!(
+                "{LOCATION}: spec.ingress[0].tls.cipherSuites: unused: cipherSuites apply to TLS \
+                 1.2, which minProtocolVersion TLSV1_3 excludes"
+            )
         );
     }
 

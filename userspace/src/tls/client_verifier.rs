@@ -11,6 +11,11 @@
 //! byte for byte, the signature verifies with that CA's key, and both certificates are valid
 //! at the handshake's time. Intermediates the client sends are ignored for v1 certificates:
 //! a chain through them is refused rather than half-checked.
+//!
+//! With `caCrl`, both paths check revocation as webpki (and Envoy) do: a CRL from the issuer
+//! must be there, correctly signed, not expired, and must not list the certificate. Then
+//! both paths apply `client_match`: `subjectAltNames`, `verifyCertificateSpki` and
+//! `verifyCertificateHash`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,15 +26,31 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, PeerMisbehaved,
-    RootCertStore, SignatureScheme,
+    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName, Error,
+    OtherError, PeerMisbehaved, RootCertStore, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, SubjectPublicKeyInfoDer, UnixTime,
+};
 use x509_parser::asn1_rs::Any;
-use x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS;
-use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate, X509Version};
+use x509_parser::oid_registry::{
+    OID_X509_EXT_ISSUER_DISTRIBUTION_POINT, OID_X509_EXT_NAME_CONSTRAINTS,
+};
+use x509_parser::prelude::{
+    ASN1Time, CertificateRevocationList, FromDer, X509Certificate, X509Version,
+};
 
-use super::TlsError;
+use super::load::Crls;
+use super::{client_match, TlsError};
+use crate::policy::ClientMatch;
+
+/// What a MUTUAL port trusts: its CA certificates and, with `caCrl`, their CRLs.
+pub(super) struct Trust<'a> {
+    /// As loaded; `load::ca_certificates` has checked each parses.
+    pub(super) cas: Vec<CertificateDer<'static>>,
+    pub(super) ca_path: &'a Path,
+    pub(super) crls: Option<Crls>,
+}
 
 /// Verifies client certificates against the CA certificates of a MUTUAL port: X.509 v1
 /// certificates by the direct-issuance rule in the module docs, all others with webpki.
@@ -38,36 +59,52 @@ pub(super) struct ClientVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     /// The CA certificates, as loaded; `load::ca_certificates` has checked each parses.
     issuers: Vec<CertificateDer<'static>>,
+    /// `caCrl`'s CRLs; empty without `caCrl`. `load::crls` has checked each parses.
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    client_match: ClientMatch,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientVerifier {
-    /// Builds the verifier for the CA certificates loaded from `ca_path`.
+    /// Builds the verifier for the CA certificates (and CRLs) of `trust`.
     pub(super) fn new(
-        issuers: Vec<CertificateDer<'static>>,
+        trust: Trust<'_>,
+        client_match: ClientMatch,
         provider: Arc<CryptoProvider>,
-        ca_path: &Path,
     ) -> Result<Self, TlsError> {
         let mut roots = RootCertStore::empty();
-        for (i, issuer) in issuers.iter().enumerate() {
+        for (i, issuer) in trust.cas.iter().enumerate() {
             roots
                 .add(issuer.clone())
                 .map_err(|err| TlsError::CaUnparsable {
-                    path: ca_path.to_owned(),
+                    path: trust.ca_path.to_owned(),
                     index: i + 1,
                     reason: err.to_string(),
                 })?;
         }
         let algorithms = provider.signature_verification_algorithms;
-        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|err| TlsError::Rustls {
-                path: ca_path.to_owned(),
-                reason: err.to_string(),
-            })?;
+        let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        // Unknown status is refused (rustls' default) and so is an expired CRL, as OpenSSL
+        // does for Envoy.
+        let (builder, crls, path) = match trust.crls {
+            Some(crls) => (
+                builder
+                    .with_crls(crls.ders.clone())
+                    .enforce_revocation_expiration(),
+                crls.ders,
+                crls.path,
+            ),
+            None => (builder, Vec::new(), trust.ca_path.to_owned()),
+        };
+        let webpki = builder.build().map_err(|err| TlsError::Rustls {
+            path,
+            reason: err.to_string(),
+        })?;
         Ok(Self {
             webpki,
-            issuers,
+            issuers: trust.cas,
+            crls,
+            client_match,
             algorithms,
         })
     }
@@ -87,12 +124,12 @@ impl ClientVerifier {
             if ca.subject().as_raw() != issuer_name {
                 continue;
             }
-            if let Err(err) = self.check_signed_by(leaf, &ca) {
+            if let Err(err) = self.check_signed_by(&leaf.signed, &ca) {
                 bad_signature.get_or_insert(err);
                 continue;
             }
             match check_usable_issuer(&ca, now) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.check_not_revoked(leaf, &ca, now),
                 Err(err) => {
                     unusable_issuer.get_or_insert(err);
                 }
@@ -103,25 +140,75 @@ impl ClientVerifier {
             .unwrap_or_else(|| CertificateError::UnknownIssuer.into()))
     }
 
-    /// Checks `leaf`'s signature with `ca`'s public key, using only the provider's algorithms
-    /// whose identifier is exactly the certificate's, as webpki does.
-    fn check_signed_by(
+    /// With `caCrl`, refuses `leaf` unless the first CRL that `ca` issued for it is correctly
+    /// signed, current and does not list its serial number, as webpki decides for the
+    /// certificates it verifies. A CRL with an issuing distribution point covers only the
+    /// certificates that name it, so never a v1 certificate, which has no extensions.
+    fn check_not_revoked(
         &self,
         leaf: &V1Certificate<'_>,
         ca: &X509Certificate<'_>,
+        now: UnixTime,
     ) -> Result<(), Error> {
+        if self.crls.is_empty() {
+            return Ok(());
+        }
+        let authoritative = self.crls.iter().find_map(|der| {
+            let (_, crl) = CertificateRevocationList::from_der(der.as_ref()).ok()?;
+            let covers = crl.issuer().as_raw() == ca.subject().as_raw()
+                && crl
+                    .tbs_cert_list
+                    .find_extension(&OID_X509_EXT_ISSUER_DISTRIBUTION_POINT)
+                    .is_none();
+            covers.then_some((der, crl))
+        });
+        let Some((der, crl)) = authoritative else {
+            return Err(CertificateError::UnknownRevocationStatus.into());
+        };
+        let crl_error = |err| Error::InvalidCertRevocationList(err);
+        let signed =
+            Signed::parse(der.as_ref()).ok_or(crl_error(CertRevocationListError::ParseError))?;
+        self.check_signed_by(&signed, ca)
+            .map_err(|_| crl_error(CertRevocationListError::BadSignature))?;
+        let may_sign_crls = match ca.key_usage() {
+            Ok(None) => true,
+            Ok(Some(usage)) => usage.value.crl_sign(),
+            Err(_) => false,
+        };
+        if !may_sign_crls {
+            return Err(crl_error(CertRevocationListError::IssuerInvalidForCrl));
+        }
+        if let Some(next_update) = crl.next_update().map(|time| unix_time(&time)) {
+            if now.as_secs() >= next_update.as_secs() {
+                return Err(CertificateError::ExpiredRevocationListContext {
+                    time: now,
+                    next_update,
+                }
+                .into());
+            }
+        }
+        let serial = leaf.cert.raw_serial();
+        if crl
+            .iter_revoked_certificates()
+            .any(|revoked| revoked.raw_serial() == serial)
+        {
+            return Err(CertificateError::Revoked.into());
+        }
+        Ok(())
+    }
+
+    /// Checks the signature of `signed` (a certificate or a CRL) with `ca`'s public key, using
+    /// only the provider's algorithms whose identifier is exactly the signed one's, as webpki
+    /// does.
+    fn check_signed_by(&self, signed: &Signed<'_>, ca: &X509Certificate<'_>) -> Result<(), Error> {
         let spki = SubjectPublicKeyInfoDer::from(ca.public_key().raw);
         let key = webpki::RawPublicKeyEntity::try_from(&spki).map_err(webpki_error)?;
-        let signature = &leaf.cert.signature_value;
-        if signature.unused_bits != 0 {
-            return Err(CertificateError::BadEncoding.into());
-        }
         let mut error = None;
         for alg in self.algorithms.all {
-            if alg.signature_alg_id().as_ref() != leaf.signature_algorithm {
+            if alg.signature_alg_id().as_ref() != signed.algorithm {
                 continue;
             }
-            match key.verify_signature(*alg, leaf.cert.tbs_certificate.as_ref(), &signature.data) {
+            match key.verify_signature(*alg, signed.tbs, signed.signature) {
                 Ok(()) => return Ok(()),
                 // Same identifier, other key type (say ECDSA P-256 against a P-384 key):
                 // another algorithm may still fit.
@@ -134,7 +221,7 @@ impl ClientVerifier {
         Err(match error {
             Some(err) => webpki_error(err),
             None => CertificateError::UnsupportedSignatureAlgorithmContext {
-                signature_algorithm_id: leaf.signature_algorithm.to_vec(),
+                signature_algorithm_id: signed.algorithm.to_vec(),
                 supported_algorithms: self
                     .algorithms
                     .all
@@ -163,14 +250,14 @@ impl ClientCertVerifier for ClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         match V1Certificate::parse(end_entity) {
-            None => self
-                .webpki
-                .verify_client_cert(end_entity, intermediates, now),
-            Some(leaf) => {
-                self.verify_v1(&leaf?, now)?;
-                Ok(ClientCertVerified::assertion())
+            None => {
+                self.webpki
+                    .verify_client_cert(end_entity, intermediates, now)?;
             }
+            Some(leaf) => self.verify_v1(&leaf?, now)?,
         }
+        client_match::check(&self.client_match, end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -215,9 +302,7 @@ impl ClientCertVerifier for ClientVerifier {
 /// An X.509 v1 certificate, parsed.
 struct V1Certificate<'a> {
     cert: X509Certificate<'a>,
-    /// Content of the outer `signatureAlgorithm` AlgorithmIdentifier, the form in which
-    /// `SignatureVerificationAlgorithm::signature_alg_id` names algorithms.
-    signature_algorithm: &'a [u8],
+    signed: Signed<'a>,
 }
 
 impl<'a> V1Certificate<'a> {
@@ -243,13 +328,10 @@ impl<'a> V1Certificate<'a> {
         {
             return bad_encoding();
         }
-        let Some(signature_algorithm) = outer_signature_algorithm(der.as_ref()) else {
+        let Some(signed) = Signed::parse(der.as_ref()) else {
             return bad_encoding();
         };
-        Some(Ok(Self {
-            cert,
-            signature_algorithm,
-        }))
+        Some(Ok(Self { cert, signed }))
     }
 
     fn public_key(&self) -> SubjectPublicKeyInfoDer<'a> {
@@ -257,14 +339,36 @@ impl<'a> V1Certificate<'a> {
     }
 }
 
-/// The content of `Certificate.signatureAlgorithm`: after the TBSCertificate, inside the
-/// outer SEQUENCE. x509-parser decodes it but keeps no raw bytes, which the comparison with
-/// the provider's algorithm identifiers needs.
-fn outer_signature_algorithm(der: &[u8]) -> Option<&[u8]> {
-    let (_, certificate) = Any::from_der(der).ok()?;
-    let (after_tbs, _tbs) = Any::from_der(certificate.data).ok()?;
-    let (_, algorithm) = Any::from_der(after_tbs).ok()?;
-    Some(algorithm.data)
+/// The raw parts of a signed X.509 structure, a certificate or a CRL (RFC 5280:
+/// `SEQUENCE { tbs, signatureAlgorithm, signatureValue }`). x509-parser decodes them but
+/// keeps no raw algorithm identifier, which the comparison with the provider's algorithm
+/// identifiers needs.
+struct Signed<'a> {
+    /// The signed bytes: the whole encoded TBSCertificate or TBSCertList.
+    tbs: &'a [u8],
+    /// Content of the outer `signatureAlgorithm` AlgorithmIdentifier, the form in which
+    /// `SignatureVerificationAlgorithm::signature_alg_id` names algorithms.
+    algorithm: &'a [u8],
+    /// The signature, from a BIT STRING without unused bits.
+    signature: &'a [u8],
+}
+
+impl<'a> Signed<'a> {
+    fn parse(der: &'a [u8]) -> Option<Signed<'a>> {
+        let (_, outer) = Any::from_der(der).ok()?;
+        let (after_tbs, _tbs) = Any::from_der(outer.data).ok()?;
+        let tbs = &outer.data[..outer.data.len() - after_tbs.len()];
+        let (after_algorithm, algorithm) = Any::from_der(after_tbs).ok()?;
+        let (_, signature) = Any::from_der(after_algorithm).ok()?;
+        match signature.data.split_first()? {
+            (0, signature) => Some(Signed {
+                tbs,
+                algorithm: algorithm.data,
+                signature,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Refuses a certificate outside its validity window at `now`, as webpki would.
@@ -327,7 +431,7 @@ fn unix_time(time: &ASN1Time) -> UnixTime {
 #[error("{0}")]
 struct Rejected(String);
 
-fn rejected(message: String) -> Error {
+pub(super) fn rejected(message: String) -> Error {
     CertificateError::Other(OtherError(Arc::new(Rejected(message)))).into()
 }
 
@@ -404,15 +508,39 @@ mod tests {
     use rustls::{CertificateError, Error};
     use rustls_pki_types::{CertificateDer, UnixTime};
 
+    use rustls::CertRevocationListError;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateRevocationListDer;
+
+    use super::super::load::Crls;
     use super::super::test_pki::{pki, CA, CLIENT_CERT};
-    use super::ClientVerifier;
+    use super::{ClientVerifier, Trust};
+    use crate::policy::ClientMatch;
 
     const DAY: u64 = 24 * 60 * 60;
 
     fn verifier(cas: &[&str]) -> ClientVerifier {
+        verifier_with_crls(cas, &[])
+    }
+
+    /// A verifier for these CAs and, unless `crls` is empty, a caCrl file of these CRLs.
+    fn verifier_with_crls(cas: &[&str], crls: &[&str]) -> ClientVerifier {
         let cas = cas.iter().map(|name| pki().cert(name)).collect();
+        let crls = (!crls.is_empty()).then(|| Crls {
+            path: "ca.crl".into(),
+            ders: crls
+                .iter()
+                .map(|name| CertificateRevocationListDer::from_pem_slice(pki().file(name)))
+                .collect::<Result<_, _>>()
+                .expect("CRLs"),
+        });
+        let trust = Trust {
+            cas,
+            ca_path: Path::new("ca.crt"),
+            crls,
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        ClientVerifier::new(cas, provider, Path::new("ca.crt")).expect("verifier")
+        ClientVerifier::new(trust, ClientMatch::default(), provider).expect("verifier")
     }
 
     fn days_from_now(days: i64) -> UnixTime {
@@ -578,5 +706,72 @@ mod tests {
         assert!(verifier.client_auth_mandatory());
         assert_eq!(verifier.root_hint_subjects().len(), 2);
         assert!(!verifier.supported_verify_schemes().is_empty());
+    }
+
+    /// The seed client (v1, serial 1) and v3.crt (serial 2) are revoked; v1-ec.crt (serial 6)
+    /// and v3-san.crt (serial 9) are not. Both paths decide alike.
+    #[test]
+    fn a_crl_refuses_the_certificates_it_revokes_on_both_paths() {
+        let verifier = verifier_with_crls(&[CA], &["revoked.crl"]);
+        for revoked in [CLIENT_CERT, "v3.crt"] {
+            assert_eq!(
+                verify(&verifier, &[revoked], UnixTime::now()),
+                Err(CertificateError::Revoked.into()),
+                "{revoked}"
+            );
+        }
+        for valid in ["v1-ec.crt", "v3-san.crt"] {
+            verify(&verifier, &[valid], UnixTime::now()).expect(valid);
+        }
+        let verifier = verifier_with_crls(&[CA], &["empty.crl"]);
+        for valid in [CLIENT_CERT, "v3.crt"] {
+            verify(&verifier, &[valid], UnixTime::now()).expect(valid);
+        }
+    }
+
+    /// Without a CRL from the certificate's issuer, its status is unknown: refused.
+    #[test]
+    fn a_crl_from_another_ca_leaves_the_status_unknown() {
+        let verifier = verifier_with_crls(&[CA], &["other-ca.crl"]);
+        for cert in [CLIENT_CERT, "v3.crt"] {
+            assert_eq!(
+                verify(&verifier, &[cert], UnixTime::now()),
+                Err(CertificateError::UnknownRevocationStatus.into()),
+                "{cert}"
+            );
+        }
+    }
+
+    /// A CRL with the CA's name but another key's signature is not the CA's word.
+    #[test]
+    fn a_crl_with_a_bad_signature_is_refused_on_both_paths() {
+        let verifier = verifier_with_crls(&[CA], &["impostor.crl"]);
+        for cert in [CLIENT_CERT, "v3.crt"] {
+            assert_eq!(
+                verify(&verifier, &[cert], UnixTime::now()),
+                Err(rustls::Error::InvalidCertRevocationList(
+                    CertRevocationListError::BadSignature
+                )),
+                "{cert}"
+            );
+        }
+    }
+
+    /// `openssl ca` sets nextUpdate 30 days ahead; OpenSSL (so Envoy) refuses an expired CRL.
+    #[test]
+    fn an_expired_crl_is_refused_on_both_paths() {
+        let verifier = verifier_with_crls(&[CA], &["empty.crl"]);
+        for cert in [CLIENT_CERT, "v3.crt"] {
+            let result = verify(&verifier, &[cert], days_from_now(31));
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::InvalidCertificate(
+                        CertificateError::ExpiredRevocationListContext { .. }
+                    ))
+                ),
+                "{cert}: {result:?}"
+            );
+        }
     }
 }

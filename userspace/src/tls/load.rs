@@ -1,10 +1,10 @@
 //! Reading the PEM files a Sidecar `tls` block names, with errors that say which file and why.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::{PemObject, SectionKind};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate, X509Version};
 
 use super::TlsError;
 
@@ -83,6 +83,60 @@ pub(super) fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>
         })?;
     }
     Ok(certs)
+}
+
+/// The CRLs of a `caCrl` file.
+#[derive(Debug)]
+pub(super) struct Crls {
+    pub(super) path: PathBuf,
+    /// Each parses both for webpki (certificates it verifies) and for x509-parser (the X.509 v1
+    /// client path).
+    pub(super) ders: Vec<CertificateRevocationListDer<'static>>,
+}
+
+pub(super) fn crls(path: &Path) -> Result<Crls, TlsError> {
+    let ders: Vec<CertificateRevocationListDer<'static>> = read_pem(path)?
+        .sections
+        .into_iter()
+        .filter(|(kind, _)| *kind == SectionKind::Crl)
+        .map(|(_, der)| CertificateRevocationListDer::from(der))
+        .collect();
+    if ders.is_empty() {
+        return Err(TlsError::NoCrl {
+            path: path.to_owned(),
+        });
+    }
+    for (i, der) in ders.iter().enumerate() {
+        parse_crl(der).map_err(|reason| TlsError::CrlUnparsable {
+            path: path.to_owned(),
+            index: i + 1,
+            reason,
+        })?;
+    }
+    Ok(Crls {
+        path: path.to_owned(),
+        ders,
+    })
+}
+
+/// Parses a whole CRL, with x509-parser and with webpki. webpki supports only version 2
+/// CRLs, which OpenSSL makes only when asked to.
+fn parse_crl(der: &CertificateRevocationListDer<'_>) -> Result<(), String> {
+    let crl = match CertificateRevocationList::from_der(der.as_ref()) {
+        Ok(([], crl)) => crl,
+        Ok((rest, _)) => return Err(format!("{} bytes after the CRL", rest.len())),
+        Err(err) => return Err(err.to_string()),
+    };
+    if crl.version() != Some(X509Version::V2) {
+        return Err(
+            "it is a version 1 CRL, and only version 2 CRLs are supported; \
+                    `openssl ca -gencrl` makes one when its configuration sets `crlnumber`"
+                .to_owned(),
+        );
+    }
+    webpki::OwnedCertRevocationList::from_der(der.as_ref())
+        .map(drop)
+        .map_err(|err| err.to_string())
 }
 
 /// A file read into memory and split into PEM sections.

@@ -6,8 +6,10 @@
 //! that also accepts the X.509 v1 client certificates the Istio guide's own `openssl`
 //! commands produce, which webpki alone rejects but Envoy accepts.
 
+mod client_match;
 mod client_verifier;
 mod load;
+mod protocol;
 pub mod reload;
 #[cfg(test)]
 mod test_pki;
@@ -103,6 +105,32 @@ pub enum TlsError {
         index: usize,
         reason: String,
     },
+    /// The caCrl file holds no X509 CRL block.
+    #[error(
+        "CRL file {} contains no CRL (expected a \"-----BEGIN X509 CRL-----\" block)",
+        path.display()
+    )]
+    NoCrl { path: PathBuf },
+    /// A CRL in the caCrl file cannot be parsed or used.
+    #[error("CRL file {}: CRL #{index} cannot be used: {reason}", path.display())]
+    CrlUnparsable {
+        path: PathBuf,
+        /// 1-based position of the CRL in the file.
+        index: usize,
+        reason: String,
+    },
+    /// TLS 1.2 is allowed, but no TLS 1.2 cipher suite configured can sign with the key.
+    #[error(
+        "{}: no TLS 1.2 cipher suite in cipherSuites works with its {key} key; add one of \
+         {usable}, or set minProtocolVersion: TLSV1_3",
+        certificate.display()
+    )]
+    NoUsableCipherSuite {
+        certificate: PathBuf,
+        key: String,
+        /// The suites that would work, comma-separated.
+        usable: String,
+    },
     /// MUTUAL mode without caCertificates (the policy layer should have refused it).
     #[error(
         "MUTUAL TLS with certificate {} needs caCertificates to verify clients, and none is set",
@@ -117,32 +145,41 @@ pub enum TlsError {
 
 /// Loads the files named by `settings` and builds the server configuration for one port.
 ///
-/// TLS 1.2 and 1.3 with rustls' ring provider. `alpn` is offered as given; empty means no
-/// ALPN at all. MUTUAL requires a client certificate verified against `ca_certificates`;
-/// SIMPLE asks for none. A private key that does not belong to the certificate is an error
-/// here, so a broken port fails when it is configured rather than on every handshake.
+/// rustls' ring provider, with the TLS versions and TLS 1.2 cipher suites `settings.protocol`
+/// allows. `alpn` is offered as given; empty means no ALPN at all. MUTUAL requires a client
+/// certificate verified against `ca_certificates`, checked against `ca_crl` and matched
+/// against `client_match`; SIMPLE asks for none. A private key that does not belong to the
+/// certificate is an error here, so a broken port fails when it is configured rather than on
+/// every handshake.
 pub fn server_config(
     settings: &TlsSettings,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(protocol::provider(&settings.protocol));
     let certified_key = certified_key(
         &provider,
         &settings.server_certificate,
         &settings.private_key,
     )?;
+    protocol::check_tls12_suites(
+        &provider,
+        &settings.protocol,
+        certified_key.key.algorithm(),
+        &settings.server_certificate,
+    )?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        // Fails only for a provider lacking cipher suites or key exchange groups; ring's
-        // default provider has both.
+        .with_protocol_versions(&protocol::versions(&settings.protocol))
+        // Fails only for a provider lacking cipher suites or key exchange groups for every
+        // version; ring's provider always has TLS 1.3 suites and groups.
         .map_err(|err| TlsError::Rustls {
             path: settings.server_certificate.clone(),
             reason: err.to_string(),
         })?;
     let builder =
         match settings.mode {
-            // Istio ignores caCertificates in SIMPLE mode, and so does postern.
+            // Istio ignores caCertificates in SIMPLE mode, and so does postern. The config
+            // module refuses caCrl and client matching with SIMPLE.
             TlsMode::Simple => builder.with_no_client_auth(),
             TlsMode::Mutual => {
                 let ca_path = settings.ca_certificates.as_deref().ok_or_else(|| {
@@ -150,8 +187,16 @@ pub fn server_config(
                         server_certificate: settings.server_certificate.clone(),
                     }
                 })?;
-                let cas = load::ca_certificates(ca_path)?;
-                let verifier = client_verifier::ClientVerifier::new(cas, provider, ca_path)?;
+                let trust = client_verifier::Trust {
+                    cas: load::ca_certificates(ca_path)?,
+                    ca_path,
+                    crls: settings.ca_crl.as_deref().map(load::crls).transpose()?,
+                };
+                let verifier = client_verifier::ClientVerifier::new(
+                    trust,
+                    settings.client_match.clone(),
+                    provider,
+                )?;
                 builder.with_client_cert_verifier(Arc::new(verifier))
             }
         };

@@ -1,4 +1,4 @@
-//! TLS material that follows its files.
+//! TLS material that follows its files (certificate, key, CA and CRL).
 //!
 //! Kubernetes updates a mounted secret by writing a new directory and swapping the `..data`
 //! symlink to it, so a file's inode, and often its mtime, say nothing reliable. What postern
@@ -239,13 +239,17 @@ impl TlsSource {
     }
 }
 
-/// Which file a failed rebuild is about: the CA file if it alone does not load, else the
-/// certificate and key.
+/// Which file a failed rebuild is about: the CA (or its CRL) if only they do not load, else
+/// the certificate and key.
 fn attribute(settings: &TlsSettings, error: TlsError) -> Problems {
     let ca_fails = settings
         .ca_certificates
         .as_deref()
-        .is_some_and(|ca| load::ca_certificates(ca).is_err());
+        .is_some_and(|ca| load::ca_certificates(ca).is_err())
+        || settings
+            .ca_crl
+            .as_deref()
+            .is_some_and(|crl| load::crls(crl).is_err());
     let pair_loads = load::certificate_chain(&settings.server_certificate).is_ok()
         && load::private_key(&settings.private_key).is_ok();
     if ca_fails && pair_loads {
@@ -268,6 +272,7 @@ fn fingerprint(settings: &TlsSettings) -> u64 {
         Some(settings.server_certificate.as_path()),
         Some(settings.private_key.as_path()),
         settings.ca_certificates.as_deref(),
+        settings.ca_crl.as_deref(),
     ];
     for path in files.into_iter().flatten() {
         match std::fs::read(path) {

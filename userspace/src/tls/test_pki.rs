@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::policy::{TlsMode, TlsSettings};
+use crate::policy::{ClientMatch, ProtocolSettings, TlsMode, TlsSettings};
 
 /// The Istio guide's commands, verbatim ("Generate CA cert, Server cert/key and Client
 /// cert/key"): a CA, then v1 server and client certificates it issues.
@@ -68,6 +68,23 @@ const EXTRA_COMMANDS: &[&str] = &[
     // A subject with a multi-valued RDN and a comma, for the access log's formatting.
     r"openssl req -new -key client.test.svc.cluster.local.key -multivalue-rdn -subj '/CN=multi+OU=team/O=Acme\, Inc.' -out v1-multi.csr",
     "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 8 -in v1-multi.csr -out v1-multi.crt",
+    // v3 client certificates with subjectAltNames of every kind Envoy compares.
+    "printf 'extendedKeyUsage=clientAuth\\nsubjectAltName=DNS:client.test.svc.cluster.local,URI:spiffe://cluster.local/ns/test/sa/client,email:client@example.com,IP:198.18.0.1\\n' > san.ext",
+    "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 9 -extfile san.ext -in client.test.svc.cluster.local.csr -out v3-san.crt",
+    // CRLs (version 2, which needs `crlnumber`) from `openssl ca`'s minimal database: the seed
+    // CA's revoking the seed client (serial 1) and v3.crt (serial 2); the seed CA's revoking
+    // nothing; one with the seed CA's name signed by the impostor; and one from other-ca.
+    "printf '[ca]\\ndefault_ca=crl\\n[crl]\\ndatabase=index.txt\\ncrlnumber=crlnumber\\nunique_subject=no\\ndefault_md=sha256\\ndefault_crl_days=30\\n' > crl.cnf",
+    "touch index.txt && echo 01 > crlnumber",
+    "openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt -gencrl -out empty.crl",
+    "openssl ca -config crl.cnf -keyfile impostor-ca.key -cert impostor-ca.crt -gencrl -out impostor.crl",
+    "openssl ca -config crl.cnf -keyfile other-ca.key -cert other-ca.crt -gencrl -out other-ca.crl",
+    "openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt -revoke client.test.svc.cluster.local.crt",
+    "openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt -revoke v3.crt",
+    "openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt -gencrl -out revoked.crl",
+    // The same list as a version 1 CRL (no crlnumber), which webpki refuses.
+    "printf '[ca]\\ndefault_ca=crl\\n[crl]\\ndatabase=index.txt\\ndefault_md=sha256\\ndefault_crl_days=30\\n' > crl-v1.cnf",
+    "openssl ca -config crl-v1.cnf -keyfile example.com.key -cert example.com.crt -gencrl -out revoked-v1.crl",
     // Keys postern must refuse: encrypted, and of a type ring cannot sign with.
     "openssl pkey -in client.test.svc.cluster.local.key -aes256 -passout pass:secret -out encrypted.key",
     "openssl genpkey -algorithm ed448 -out ed448.key",
@@ -174,6 +191,9 @@ impl Files {
             server_certificate: self.install(SERVER_CERT),
             private_key: self.install(SERVER_KEY),
             ca_certificates: Some(self.install(CA)),
+            ca_crl: None,
+            client_match: ClientMatch::default(),
+            protocol: ProtocolSettings::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use super::test_pki::{
     handshake, pki, Client, Files, CA, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY,
 };
 use super::{certificate_subject, server_config, version_name, TlsError};
-use crate::policy::TlsMode;
+use crate::policy::{CipherSuite, TlsMode, TlsVersion};
 
 const TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
 const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -406,4 +406,113 @@ fn version_names_are_openssls() {
     assert_eq!(version_name(ProtocolVersion::TLSv1_2), "TLSv1.2");
     assert_eq!(version_name(ProtocolVersion::TLSv1_0), "TLSv1");
     assert_eq!(version_name(ProtocolVersion::Unknown(0x7f00)), "unknown");
+}
+
+#[tokio::test]
+async fn max_tls12_refuses_tls13_clients() {
+    let files = Files::new();
+    let mut settings = files.seed_settings(TlsMode::Mutual);
+    settings.protocol.max_version = TlsVersion::Tls12;
+    let config = server_config(&settings, &[]).expect("TLS 1.2 only");
+    let session = handshake(config.clone(), Client::seed()).await.accepted();
+    assert_eq!(session.version, ProtocolVersion::TLSv1_2);
+    let err = handshake(config, Client::seed().versions(TLS13_ONLY))
+        .await
+        .refused();
+    assert_eq!(
+        err,
+        rustls::PeerIncompatible::Tls12NotOfferedOrEnabled.into()
+    );
+}
+
+#[tokio::test]
+async fn min_tls13_refuses_tls12_clients() {
+    let files = Files::new();
+    let mut settings = files.seed_settings(TlsMode::Mutual);
+    settings.protocol.min_version = TlsVersion::Tls13;
+    let config = server_config(&settings, &[]).expect("TLS 1.3 only");
+    let outcome = handshake(config, Client::seed().versions(TLS12_ONLY)).await;
+    assert!(outcome.server.is_err(), "TLS 1.2 accepted");
+}
+
+#[tokio::test]
+async fn cipher_suites_still_serve_tls12_with_a_usable_suite() {
+    let files = Files::new();
+    let mut settings = files.seed_settings(TlsMode::Mutual);
+    settings.protocol.cipher_suites = vec![CipherSuite::EcdheRsaChacha20Poly1305];
+    let config = server_config(&settings, &[]).expect("config");
+    let session = handshake(config, Client::seed().versions(TLS12_ONLY))
+        .await
+        .accepted();
+    assert_eq!(session.version, ProtocolVersion::TLSv1_2);
+}
+
+#[test]
+fn cipher_suites_unusable_with_the_key_are_refused() {
+    let (err, message) = load_error(|_, settings| {
+        settings.protocol.cipher_suites = vec![CipherSuite::EcdheEcdsaAes128GcmSha256];
+    });
+    assert!(
+        matches!(err, TlsError::NoUsableCipherSuite { .. }),
+        "{err:?}"
+    );
+    assert!(message.contains(SERVER_CERT), "{message}");
+}
+
+#[tokio::test]
+async fn subject_alt_names_admit_only_listed_clients() {
+    let files = Files::new();
+    let mut settings = files.seed_settings(TlsMode::Mutual);
+    settings.client_match.subject_alt_names = vec!["client.test.svc.cluster.local".into()];
+    let config = server_config(&settings, &[]).expect("config");
+    handshake(
+        config.clone(),
+        Client::with_identity(&["v3-san.crt"], CLIENT_KEY),
+    )
+    .await
+    .accepted();
+    // The seed's v1 client certificate has no subjectAltName.
+    let err = handshake(config, Client::seed()).await.refused();
+    assert!(
+        err.to_string().contains("include none of subjectAltNames"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_crl_file_refuses_revoked_clients() {
+    let files = Files::new();
+    let mut settings = files.seed_settings(TlsMode::Mutual);
+    settings.ca_crl = Some(files.install("revoked.crl"));
+    let config = server_config(&settings, &[]).expect("config");
+    let err = handshake(config.clone(), Client::seed()).await.refused();
+    assert_eq!(err, CertificateError::Revoked.into());
+    handshake(config, Client::with_identity(&["v3-san.crt"], CLIENT_KEY))
+        .await
+        .accepted();
+}
+
+#[test]
+fn crl_load_errors_name_the_file() {
+    let (err, message) = load_error(|files, settings| {
+        settings.ca_crl = Some(files.install(CA));
+    });
+    assert!(matches!(err, TlsError::NoCrl { .. }), "{err:?}");
+    assert!(message.contains(CA), "{message}");
+
+    let (err, message) = load_error(|files, settings| {
+        settings.ca_crl = Some(files.install("revoked-v1.crl"));
+    });
+    assert!(
+        matches!(err, TlsError::CrlUnparsable { index: 1, .. }),
+        "{err:?}"
+    );
+    assert!(message.contains("revoked-v1.crl"), "{message}");
+    assert!(message.contains("only version 2 CRLs"), "{message}");
+
+    let (err, message) = load_error(|files, settings| {
+        settings.ca_crl = Some(files.path("absent.crl"));
+    });
+    assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
+    assert!(message.contains("absent.crl"), "{message}");
 }

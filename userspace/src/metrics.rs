@@ -1,0 +1,356 @@
+//! Per-listener metrics, updated with atomics on the connection path and rendered in the
+//! Prometheus text format at scrape time.
+//!
+//! Names follow Prometheus conventions (`_total` counters, base units). Where Istio has a
+//! standard metric for the same thing, it is offered under Istio's name and labels too, so
+//! dashboards built for sidecars keep working.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Why a TLS handshake failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// MUTUAL, and the client sent no certificate.
+    NoClientCert,
+    /// The client certificate was not issued by a configured CA.
+    UnknownCa,
+    /// The client certificate names none of the allowed subjects.
+    BadSan,
+    /// The client certificate is otherwise unacceptable (expired, revoked, pinned elsewhere).
+    BadCertificate,
+    /// No finished handshake within the handshake timeout.
+    Timeout,
+    /// The client did not speak TLS at all (plaintext to a TLS port).
+    NotTls,
+    /// Anything else the TLS protocol refused (versions, ciphers, alerts).
+    Protocol,
+}
+
+impl HandshakeFailure {
+    const ALL: [HandshakeFailure; 7] = [
+        HandshakeFailure::NoClientCert,
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::BadSan,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::NotTls,
+        HandshakeFailure::Protocol,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::NoClientCert => "no_client_cert",
+            HandshakeFailure::UnknownCa => "unknown_ca",
+            HandshakeFailure::BadSan => "bad_san",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::Protocol => "protocol",
+        }
+    }
+
+    /// Classifies the error tokio-rustls returned from a handshake.
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        use rustls::{CertificateError as C, Error as E};
+        match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+            Some(E::NoCertificatesPresented) => HandshakeFailure::NoClientCert,
+            Some(E::InvalidCertificate(C::UnknownIssuer)) => HandshakeFailure::UnknownCa,
+            Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+                HandshakeFailure::BadSan
+            }
+            Some(E::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
+            Some(E::InvalidMessage(_)) => HandshakeFailure::NotTls,
+            _ => HandshakeFailure::Protocol,
+        }
+    }
+}
+
+/// Upper bounds of the handshake-duration histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The metrics of one listener.
+#[derive(Debug)]
+pub struct PortMetrics {
+    namespace: String,
+    workload: String,
+    /// The configured port, or `*` for a workload's every-other-port listener.
+    port: String,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    bytes_from_client: AtomicU64,
+    bytes_to_client: AtomicU64,
+    failures: [AtomicU64; HandshakeFailure::ALL.len()],
+    /// Cumulative counts per bucket, then +Inf.
+    handshake_buckets: [AtomicU64; BUCKETS.len() + 1],
+    handshake_sum_nanos: AtomicU64,
+}
+
+impl PortMetrics {
+    pub fn new(namespace: &str, workload: &str, port: Option<u16>) -> PortMetrics {
+        PortMetrics {
+            namespace: namespace.to_string(),
+            workload: workload.to_string(),
+            port: port.map_or_else(|| "*".to_string(), |p| p.to_string()),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            failures: Default::default(),
+            handshake_buckets: Default::default(),
+            handshake_sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self, bytes_from_client: u64, bytes_to_client: u64) {
+        self.bytes_from_client
+            .fetch_add(bytes_from_client, Ordering::Relaxed);
+        self.bytes_to_client
+            .fetch_add(bytes_to_client, Ordering::Relaxed);
+        self.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        let index = HandshakeFailure::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.failures[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn handshake_done(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.handshake_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.handshake_sum_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn labels(&self) -> String {
+        format!(
+            "namespace=\"{}\",workload=\"{}\",port=\"{}\"",
+            escape(&self.namespace),
+            escape(&self.workload),
+            self.port
+        )
+    }
+
+    fn istio_labels(&self) -> String {
+        format!(
+            "reporter=\"destination\",destination_workload=\"{}\",destination_workload_namespace=\"{}\",destination_port=\"{}\"",
+            escape(&self.workload),
+            escape(&self.namespace),
+            self.port
+        )
+    }
+}
+
+/// One metric family: its help, type, and a sample per listener.
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    ports: &[&PortMetrics],
+    labels: fn(&PortMetrics) -> String,
+    value: fn(&PortMetrics) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for port in ports {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(port), value(port));
+    }
+}
+
+type Counter = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PortMetrics) -> u64,
+);
+
+/// postern's counter, Istio's name for the same, help, value.
+const COUNTERS: [Counter; 4] = [
+    (
+        "postern_connections_opened_total",
+        "istio_tcp_connections_opened_total",
+        "Connections accepted.",
+        |p| p.opened.load(Ordering::Relaxed),
+    ),
+    (
+        "postern_connections_closed_total",
+        "istio_tcp_connections_closed_total",
+        "Connections finished.",
+        |p| p.closed.load(Ordering::Relaxed),
+    ),
+    (
+        "postern_received_bytes_total",
+        "istio_tcp_received_bytes_total",
+        "Bytes received from clients (after TLS).",
+        |p| p.bytes_from_client.load(Ordering::Relaxed),
+    ),
+    (
+        "postern_sent_bytes_total",
+        "istio_tcp_sent_bytes_total",
+        "Bytes sent to clients (before TLS).",
+        |p| p.bytes_to_client.load(Ordering::Relaxed),
+    ),
+];
+
+/// Renders every listener's metrics, and `extra` (already formatted families), as Prometheus
+/// text.
+pub fn render(ports: &[&PortMetrics], extra: &str) -> String {
+    let mut out = String::new();
+    for (name, istio_name, help, value) in COUNTERS {
+        family(
+            &mut out,
+            name,
+            "counter",
+            help,
+            ports,
+            PortMetrics::labels,
+            value,
+        );
+        family(
+            &mut out,
+            istio_name,
+            "counter",
+            help,
+            ports,
+            PortMetrics::istio_labels,
+            value,
+        );
+    }
+    family(
+        &mut out,
+        "postern_connections_active",
+        "gauge",
+        "Connections in progress.",
+        ports,
+        PortMetrics::labels,
+        |p| {
+            let opened = p.opened.load(Ordering::Relaxed);
+            opened.saturating_sub(p.closed.load(Ordering::Relaxed))
+        },
+    );
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let name = "postern_tls_handshake_failures_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} TLS handshakes refused, by reason.\n# TYPE {name} counter"
+    );
+    for port in ports {
+        for (reason, count) in HandshakeFailure::ALL.iter().zip(&port.failures) {
+            let _ = writeln!(
+                out,
+                "{name}{{{},reason=\"{}\"}} {}",
+                port.labels(),
+                reason.label(),
+                load(count)
+            );
+        }
+    }
+    let name = "postern_tls_handshake_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from accept to a finished TLS handshake.\n# TYPE {name} histogram"
+    );
+    for port in ports {
+        let mut cumulative = 0;
+        let bounds = BUCKETS
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_string()]);
+        for (bound, count) in bounds.zip(&port.handshake_buckets) {
+            cumulative += load(count);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{},le=\"{bound}\"}} {cumulative}",
+                port.labels()
+            );
+        }
+        let sum = load(&port.handshake_sum_nanos) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{}}} {sum}", port.labels());
+        let _ = writeln!(out, "{name}_count{{{}}} {cumulative}", port.labels());
+    }
+    out.push_str(extra);
+    out
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+pub fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histogram_render_in_prometheus_text() {
+        let port = PortMetrics::new("test", "httpbin", Some(9080));
+        port.opened();
+        port.opened();
+        port.closed(10, 20);
+        port.handshake_failed(HandshakeFailure::UnknownCa);
+        port.handshake_done(Duration::from_millis(3));
+        let text = render(&[&port], "");
+        for line in [
+            r#"postern_connections_opened_total{namespace="test",workload="httpbin",port="9080"} 2"#,
+            r#"postern_connections_active{namespace="test",workload="httpbin",port="9080"} 1"#,
+            r#"istio_tcp_received_bytes_total{reporter="destination",destination_workload="httpbin",destination_workload_namespace="test",destination_port="9080"} 10"#,
+            r#"postern_sent_bytes_total{namespace="test",workload="httpbin",port="9080"} 20"#,
+            r#"postern_tls_handshake_failures_total{namespace="test",workload="httpbin",port="9080",reason="unknown_ca"} 1"#,
+            r#"postern_tls_handshake_failures_total{namespace="test",workload="httpbin",port="9080",reason="timeout"} 0"#,
+            r#"postern_tls_handshake_duration_seconds_bucket{namespace="test",workload="httpbin",port="9080",le="0.0025"} 0"#,
+            r#"postern_tls_handshake_duration_seconds_bucket{namespace="test",workload="httpbin",port="9080",le="0.005"} 1"#,
+            r#"postern_tls_handshake_duration_seconds_bucket{namespace="test",workload="httpbin",port="9080",le="+Inf"} 1"#,
+            r#"postern_tls_handshake_duration_seconds_count{namespace="test",workload="httpbin",port="9080"} 1"#,
+            "# TYPE postern_tls_handshake_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn rustls_errors_map_to_reasons() {
+        let wrap = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            HandshakeFailure::of(&wrap(rustls::Error::NoCertificatesPresented)),
+            HandshakeFailure::NoClientCert
+        );
+        assert_eq!(
+            HandshakeFailure::of(&wrap(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))),
+            HandshakeFailure::UnknownCa
+        );
+        assert_eq!(
+            HandshakeFailure::of(&wrap(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))),
+            HandshakeFailure::BadCertificate
+        );
+        assert_eq!(
+            HandshakeFailure::of(&std::io::Error::other("reset")),
+            HandshakeFailure::Protocol
+        );
+    }
+}
