@@ -162,25 +162,50 @@ fn verify_certificate_hash_pins_the_client_certificate() {
     assert_refused(&curl_with(&run.topology, 9082, &client));
 }
 
+/// Sets up `openssl ca`'s minimal database for the seed CA in the certificate directory;
+/// `crlnumber` makes version 2 CRLs, which webpki requires.
+fn crl_database(topology: &SeedTopology) {
+    in_certs_dir(
+        topology,
+        "printf '[ca]\\ndefault_ca=crl\\n[crl]\\ndatabase=index.txt\\ncrlnumber=crlnumber\\n\
+         unique_subject=no\\ndefault_md=sha256\\ndefault_crl_days=1\\n' > crl.cnf && \
+         touch index.txt && echo 01 > crlnumber",
+    );
+}
+
+/// Revokes `certs` (file names in the certificate directory) and writes the seed CA's CRL to
+/// `ca.crl` in one rename, so a reader never sees half a file. Returns its path.
+fn publish_crl(topology: &SeedTopology, certs: &[&str]) -> PathBuf {
+    let revoke: String = certs
+        .iter()
+        .map(|cert| {
+            format!(
+                "openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt \
+                 -revoke {cert} && "
+            )
+        })
+        .collect();
+    in_certs_dir(
+        topology,
+        &format!(
+            "{revoke}openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt \
+             -gencrl -out ca.crl.new && mv ca.crl.new ca.crl"
+        ),
+    );
+    topology.certs().dir.join("ca.crl")
+}
+
 #[test]
 fn a_crl_refuses_revoked_clients() {
     let topology = SeedTopology::build(TopologyOptions::default()).expect("topology");
     let revoked = issue_client(&topology, "revoked", 31, "");
     let valid = issue_client(&topology, "valid", 32, "");
-    // `openssl ca`'s minimal database; `crlnumber` makes a version 2 CRL. The seed's v1 client
-    // certificate is revoked too, for postern's v1 path.
-    in_certs_dir(
+    crl_database(&topology);
+    // The seed's v1 client certificate is revoked too, for postern's v1 path.
+    let crl = publish_crl(
         &topology,
-        "printf '[ca]\\ndefault_ca=crl\\n[crl]\\ndatabase=index.txt\\ncrlnumber=crlnumber\\n\
-         unique_subject=no\\ndefault_md=sha256\\ndefault_crl_days=1\\n' > crl.cnf && \
-         touch index.txt && echo 01 > crlnumber && \
-         for cert in revoked.crt client.test.svc.cluster.local.crt; do \
-         openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt \
-         -revoke $cert || exit 1; done && \
-         openssl ca -config crl.cnf -keyfile example.com.key -cert example.com.crt -gencrl \
-         -out ca.crl",
+        &["revoked.crt", "client.test.svc.cluster.local.crt"],
     );
-    let crl = topology.certs().dir.join("ca.crl");
     let run = start(
         topology,
         &[(9080, &format!("      caCrl: {}\n", crl.display()))],
@@ -189,6 +214,42 @@ fn a_crl_refuses_revoked_clients() {
     assert_refused(&curl_with(&run.topology, 9080, &revoked));
     let seed_client = run.topology.certs().client_cert.clone();
     assert_refused(&curl_with(&run.topology, 9080, &seed_client));
+}
+
+/// Revoking a client in the CRL while postern runs: once the file changes, the client is
+/// refused, without a restart.
+#[test]
+fn revoking_a_client_takes_effect_on_reload() {
+    let topology = SeedTopology::build(TopologyOptions::default()).expect("topology");
+    crl_database(&topology);
+    let crl = publish_crl(&topology, &[]);
+    let run = start(
+        topology,
+        &[(9080, &format!("      caCrl: {}\n", crl.display()))],
+    );
+    let seed_client = run.topology.certs().client_cert.clone();
+    assert_served(&curl_with(&run.topology, 9080, &seed_client));
+
+    publish_crl(&run.topology, &["client.test.svc.cluster.local.crt"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let result = curl_with(&run.topology, 9080, &seed_client);
+        if result.http_status().is_none() {
+            assert_refused(&result);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked client is still served: {}",
+            run.postern.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        run.postern.log().contains("TLS material reloaded"),
+        "{}",
+        run.postern.log()
+    );
 }
 
 /// `openssl s_client -brief` from the client namespace with the seed's client certificate;
