@@ -1,5 +1,6 @@
 //! The admin HTTP endpoint: health, readiness and Prometheus metrics, counted per listener and
-//! handshake-failure reason, under postern's names and Istio's.
+//! handshake-failure reason, under postern's names and Istio's, plus the kernel's steering
+//! counters.
 
 use postern_testbed::{curl, seed_curl_args, SeedRequest};
 

@@ -10,13 +10,14 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use crate::daemon::Attached;
 use crate::metrics::PortMetrics;
 use crate::tls::reload::{Secret, TlsSource};
 
@@ -30,16 +31,29 @@ const MAX_REQUEST: u64 = 64;
 pub struct AdminState {
     sources: Vec<Arc<TlsSource>>,
     metrics: Vec<Arc<PortMetrics>>,
+    /// The kernel side, held here while serving so its counters can be read; taken back to
+    /// detach at the end.
+    steering: Mutex<Vec<Attached>>,
     draining: AtomicBool,
 }
 
 impl AdminState {
-    pub fn new(sources: Vec<Arc<TlsSource>>, metrics: Vec<Arc<PortMetrics>>) -> AdminState {
+    pub fn new(
+        sources: Vec<Arc<TlsSource>>,
+        metrics: Vec<Arc<PortMetrics>>,
+        steering: Vec<Attached>,
+    ) -> AdminState {
         AdminState {
             sources,
             metrics,
+            steering: Mutex::new(steering),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Hands the kernel side back, for detaching.
+    pub fn take_steering(&self) -> Vec<Attached> {
+        std::mem::take(&mut self.steering.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Ready, or why not: draining, or TLS material whose update failed to load.
@@ -71,6 +85,26 @@ impl AdminState {
                 secret.serial_number,
                 secret.not_after_unix
             );
+        }
+        extra += "# HELP postern_steered_connections_total Connections the kernel handed to postern, per rule.\n# TYPE postern_steered_connections_total counter\n";
+        let steering = self.steering.lock().unwrap_or_else(PoisonError::into_inner);
+        let counters: Vec<_> = steering.iter().flat_map(Attached::counters).collect();
+        for (labels, counters) in &counters {
+            if let Ok(c) = counters {
+                extra += &format!(
+                    "postern_steered_connections_total{{{labels}}} {}\n",
+                    c.steered
+                );
+            }
+        }
+        extra += "# HELP postern_steering_dropped_connections_total Connections the kernel reset because no postern listener was alive (fail closed), per rule.\n# TYPE postern_steering_dropped_connections_total counter\n";
+        for (labels, counters) in &counters {
+            if let Ok(c) = counters {
+                extra += &format!(
+                    "postern_steering_dropped_connections_total{{{labels}}} {}\n",
+                    c.dropped
+                );
+            }
         }
         let ports: Vec<&PortMetrics> = self.metrics.iter().map(Arc::as_ref).collect();
         crate::metrics::render(&ports, &extra)

@@ -115,7 +115,8 @@ pub async fn run(
     // certificate watch stay until the very end, so readiness can say "draining".
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_admin, admin_running) = watch::channel(false);
-    let state = Arc::new(crate::admin::AdminState::new(sources, metrics));
+    let namespaces = attached.len();
+    let state = Arc::new(crate::admin::AdminState::new(sources, metrics, attached));
     let background = [
         tokio::spawn(crate::http_admin::serve(
             http,
@@ -152,7 +153,7 @@ pub async fn run(
     tracing::info!(
         ports,
         workloads = table.workloads.len(),
-        namespaces = attached.len(),
+        namespaces,
         "postern is ready"
     );
 
@@ -170,7 +171,7 @@ pub async fn run(
         let _ = task.await;
     }
     tracing::info!("detaching from every network namespace");
-    detach_all(attached)
+    detach_all(state.take_steering())
 }
 
 /// Readiness turns false, the listeners close (the still-attached kernel program then resets
@@ -346,17 +347,33 @@ fn listener(netns: &Netns, label: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// The kernel side of every namespace, with the rule labels for reading counters back.
-struct Attached {
+/// The kernel side of one namespace, and for each of its rules (in order) the listener's
+/// metrics and the rule's destination, to label the kernel's counters.
+pub struct Attached {
     steering: Steering,
-    labels: Vec<String>,
+    rules: Vec<(Arc<PortMetrics>, Option<IpAddr>)>,
+}
+
+impl Attached {
+    /// Each rule's labels (the listener's, plus `destination`) and kernel counters.
+    pub fn counters(&self) -> Vec<(String, std::io::Result<crate::redirect::Counters>)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(index, (metrics, destination))| {
+                let destination = destination.map_or_else(|| "*".to_string(), |ip| ip.to_string());
+                let labels = format!("{},destination=\"{destination}\"", metrics.labels());
+                (labels, self.steering.counters(index))
+            })
+            .collect()
+    }
 }
 
 fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<Attached>> {
     let mut attached = Vec::new();
     for plan in plans {
         let mut rules = Vec::new();
-        let mut labels = Vec::new();
+        let mut labelled = Vec::new();
         for planned in &plan.planned {
             for destination in &planned.destinations {
                 rules.push(SteeringRule {
@@ -365,14 +382,14 @@ fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<A
                     intercept_loopback: planned.intercept_loopback,
                     listener: &planned.listener,
                 });
-                labels.push(match destination {
-                    Some(ip) => format!("{} to {ip}", planned.label),
-                    None => planned.label.clone(),
-                });
+                labelled.push((Arc::clone(&planned.service.metrics), *destination));
             }
         }
         match Steering::attach(&plan.netns, &options.bpffs, &rules) {
-            Ok(steering) => attached.push(Attached { steering, labels }),
+            Ok(steering) => attached.push(Attached {
+                steering,
+                rules: labelled,
+            }),
             Err(e) => {
                 if let Err(undo) = detach_all(attached) {
                     tracing::error!("while undoing a partial start: {undo:#}");
@@ -387,15 +404,16 @@ fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<A
 /// Logs what the kernel steered, then detaches. Tries every namespace even if one fails.
 fn detach_all(attached: Vec<Attached>) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for Attached { steering, labels } in attached {
-        for (index, label) in labels.iter().enumerate() {
-            match steering.counters(index) {
+    for attached in attached {
+        for (labels, counters) in attached.counters() {
+            match counters {
                 Ok(c) => {
-                    tracing::info!(rule = %label, steered = c.steered, dropped = c.dropped, "kernel steering counters")
+                    tracing::info!(rule = %labels, steered = c.steered, dropped = c.dropped, "kernel steering counters")
                 }
-                Err(e) => tracing::warn!(rule = %label, error = %e, "cannot read kernel counters"),
+                Err(e) => tracing::warn!(rule = %labels, error = %e, "cannot read kernel counters"),
             }
         }
+        let steering = attached.steering;
         if let Err(e) = steering.detach() {
             failures.push(e.to_string());
         }

@@ -136,7 +136,8 @@ impl PortMetrics {
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    fn labels(&self) -> String {
+    /// `namespace="...",workload="...",port="..."`, for this listener's series.
+    pub fn labels(&self) -> String {
         format!(
             "namespace=\"{}\",workload=\"{}\",port=\"{}\"",
             escape(&self.namespace),
