@@ -95,3 +95,22 @@ fn health_readiness_and_metrics_count_what_happened() {
         "{metrics}"
     );
 }
+
+#[test]
+fn config_dump_shows_policy_attachments_and_certificates() {
+    let run = Running::seed();
+    let (code, body) = get(&run, "/config_dump");
+    assert_eq!(code, "200", "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let workload = &dump["policy"]["workloads"][0];
+    assert_eq!(workload["name"], "httpbin");
+    assert_eq!(workload["ports"][0]["port"], 9080);
+    assert_eq!(workload["ports"][0]["action"]["Tls"]["mode"], "Mutual");
+    assert_eq!(workload["ports"][1]["action"], "MeshStrict");
+    let netns = run.topology.pod_netns_path().display().to_string();
+    assert_eq!(dump["attachments"][0]["netns"], netns.as_str());
+    let pin = dump["attachments"][0]["pin"].as_str().unwrap_or_default();
+    assert!(std::path::Path::new(pin).exists(), "{pin}");
+    assert_eq!(dump["certificates"][0]["status"], "ACTIVE");
+    assert_eq!(dump["ready"], "ready");
+}

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::daemon::Attached;
 use crate::metrics::PortMetrics;
+use crate::policy::PolicyTable;
 use crate::tls::reload::{Secret, TlsSource};
 
 /// Where the daemon listens unless told otherwise.
@@ -29,6 +30,8 @@ const MAX_REQUEST: u64 = 64;
 
 /// What the admin socket and the admin HTTP endpoint report on.
 pub struct AdminState {
+    /// The effective policy being served, as JSON.
+    policy: serde_json::Value,
     sources: Vec<Arc<TlsSource>>,
     metrics: Vec<Arc<PortMetrics>>,
     /// The kernel side, held here while serving so its counters can be read; taken back to
@@ -39,16 +42,32 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(
+        policy: &PolicyTable,
         sources: Vec<Arc<TlsSource>>,
         metrics: Vec<Arc<PortMetrics>>,
         steering: Vec<Attached>,
     ) -> AdminState {
         AdminState {
+            policy: serde_json::to_value(policy).unwrap_or_default(),
             sources,
             metrics,
             steering: Mutex::new(steering),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Everything postern is doing, for `/config_dump`: the effective policy, the kernel
+    /// attachments with their counters, the certificates served, and readiness.
+    pub fn config_dump(&self) -> String {
+        let steering = self.steering.lock().unwrap_or_else(PoisonError::into_inner);
+        let attachments: Vec<serde_json::Value> = steering.iter().map(Attached::dump).collect();
+        let dump = serde_json::json!({
+            "policy": self.policy,
+            "attachments": attachments,
+            "certificates": secrets(&self.sources),
+            "ready": self.readiness().err().unwrap_or_else(|| "ready".to_string()),
+        });
+        serde_json::to_string_pretty(&dump).unwrap_or_default()
     }
 
     /// Hands the kernel side back, for detaching.

@@ -116,7 +116,9 @@ pub async fn run(
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_admin, admin_running) = watch::channel(false);
     let namespaces = attached.len();
-    let state = Arc::new(crate::admin::AdminState::new(sources, metrics, attached));
+    let state = Arc::new(crate::admin::AdminState::new(
+        table, sources, metrics, attached,
+    ));
     let background = [
         tokio::spawn(crate::http_admin::serve(
             http,
@@ -355,6 +357,29 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// The namespace, its pin, and each rule with its kernel counters, for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let rules: Vec<serde_json::Value> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, (metrics, destination))| {
+                let counters = self.steering.counters(index).ok();
+                serde_json::json!({
+                    "listener": metrics.labels(),
+                    "destination": destination,
+                    "steered": counters.map(|c| c.steered),
+                    "dropped": counters.map(|c| c.dropped),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "netns": self.steering.netns(),
+            "pin": self.steering.pin(),
+            "rules": rules,
+        })
+    }
+
     /// Each rule's labels (the listener's, plus `destination`) and kernel counters.
     pub fn counters(&self) -> Vec<(String, std::io::Result<crate::redirect::Counters>)> {
         self.rules

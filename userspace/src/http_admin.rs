@@ -1,9 +1,10 @@
 //! The admin HTTP endpoint, on loopback of the host's network namespace: `/healthz`,
-//! `/readyz` and `/metrics` (Prometheus text) for orchestrators and scrapers.
+//! `/readyz`, `/metrics` (Prometheus text) and `/config_dump` (JSON) for orchestrators,
+//! scrapers and operators.
 //!
 //! Deliberately small: HTTP/1.1, GET only, one request per connection, bounded request size
-//! and time. It carries no secrets and changes nothing; `postern certs` uses the root-only
-//! Unix socket instead.
+//! and time. It serves no private keys and changes nothing; `postern certs` uses the
+//! root-only Unix socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,10 +93,11 @@ fn respond(request_line: &str, state: &AdminState) -> (&'static str, &'static st
             "text/plain; version=0.0.4; charset=utf-8",
             state.render_metrics(),
         ),
+        "/config_dump" => ("200 OK", "application/json", state.config_dump()),
         _ => (
             "404 Not Found",
             TEXT,
-            "not found; try /healthz, /readyz or /metrics\n".to_string(),
+            "not found; try /healthz, /readyz, /metrics or /config_dump\n".to_string(),
         ),
     }
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 /// Where a workload's sockets live.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NetnsRef {
     /// The network namespace postern itself runs in.
     Host,
@@ -27,7 +27,7 @@ impl fmt::Display for NetnsRef {
 }
 
 /// Effective PeerAuthentication mode, after Istio's precedence and inheritance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum MtlsMode {
     Disable,
     Permissive,
@@ -45,7 +45,7 @@ impl fmt::Display for MtlsMode {
 }
 
 /// The application protocol a Sidecar ingress port declares (`port.protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http,
     Https,
@@ -116,7 +116,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Where decrypted traffic goes: the app, inside the workload's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// Always a loopback address; `0.0.0.0:PORT` in a Sidecar means `127.0.0.1:PORT`.
     Tcp(SocketAddr),
@@ -133,7 +133,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
     /// Server certificate only.
     Simple,
@@ -151,7 +151,7 @@ impl fmt::Display for TlsMode {
 }
 
 /// A Sidecar ingress `tls` block, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub mode: TlsMode,
     pub server_certificate: PathBuf,
@@ -198,7 +198,7 @@ impl fmt::Display for TlsSettings {
 
 /// The checks of a MUTUAL port's client certificate beyond its chain to `caCertificates`, as
 /// Envoy makes them. Empty lists check nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Default, PartialEq, Eq)]
 pub struct ClientMatch {
     /// `subjectAltNames`: the certificate must carry one of these names, as a DNS, URI, email
     /// or IP address subjectAltName.
@@ -209,7 +209,7 @@ pub struct ClientMatch {
 }
 
 /// A SHA-256 digest a client certificate may match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum Pin {
     /// `verifyCertificateSpki`: of the certificate's SubjectPublicKeyInfo.
     Spki([u8; 32]),
@@ -218,7 +218,7 @@ pub enum Pin {
 }
 
 /// A TLS version postern serves: rustls implements TLS 1.2 and 1.3 only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
     Tls12,
     Tls13,
@@ -234,7 +234,7 @@ impl fmt::Display for TlsVersion {
 }
 
 /// `minProtocolVersion`, `maxProtocolVersion` and `cipherSuites`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct ProtocolSettings {
     /// Never above `max_version`.
     pub min_version: TlsVersion,
@@ -257,7 +257,7 @@ impl Default for ProtocolSettings {
 
 /// A TLS 1.2 cipher suite that rustls implements, known by the OpenSSL name Envoy and Istio
 /// users write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum CipherSuite {
     EcdheEcdsaAes128GcmSha256,
     EcdheEcdsaAes256GcmSha384,
@@ -298,7 +298,7 @@ impl CipherSuite {
 }
 
 /// What postern does with a connection to an intercepted port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub enum PortAction {
     /// PeerAuthentication DISABLE with Sidecar `tls`: terminate TLS, then splice.
     Tls(TlsSettings),
@@ -324,7 +324,7 @@ impl fmt::Display for PortAction {
 }
 
 /// One intercepted port of one workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct PortPolicy {
     pub port: u16,
     /// `port.name` from the Sidecar, if any.
@@ -343,7 +343,7 @@ pub struct PortPolicy {
 }
 
 /// Everything postern does for one workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct WorkloadPolicy {
     pub namespace: String,
     pub name: String,
@@ -369,7 +369,7 @@ impl WorkloadPolicy {
 }
 
 /// The whole effective policy: what `postern check` prints and `postern run` enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, serde::Serialize, Clone, Default, PartialEq, Eq)]
 pub struct PolicyTable {
     pub workloads: Vec<WorkloadPolicy>,
     /// Things that are valid but worth the operator's attention (e.g. Sidecar `tls` that a

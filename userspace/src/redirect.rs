@@ -134,6 +134,16 @@ impl Steering {
         })
     }
 
+    /// The network namespace, as configured.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// Where the attachment is pinned.
+    pub fn pin(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
     /// The counters of rule `index` (the position in the `rules` given to `attach`).
     pub fn counters(&self, index: usize) -> io::Result<Counters> {
         let values: PerCpuValues<RuleCounters> = self
