@@ -8,6 +8,7 @@ mod apps;
 mod check;
 mod drain;
 mod fail_closed;
+mod logging;
 mod metrics;
 mod policies;
 mod rotation;

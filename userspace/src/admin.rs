@@ -4,7 +4,8 @@
 //! The protocol is one request line and one answer, then the daemon closes:
 //! - `certs`: JSON, the rows of `postern certs`;
 //! - `ready`: `ready`, or `not ready: REASON; ...` while draining or while any TLS material is
-//!   in error (the previous material still serves, but the operator's update did not take).
+//!   in error (the previous material still serves, but the operator's update did not take);
+//! - `log-level SPEC`: replaces the log filter (`debug`, `info,postern::access=off`, ...).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -28,6 +29,9 @@ pub const DEFAULT_SOCKET: &str = "/run/postern/admin.sock";
 /// The longest request line accepted.
 const MAX_REQUEST: u64 = 64;
 
+/// Replaces the running log filter with the one a spec describes (tracing's `EnvFilter` syntax).
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What the admin socket and the admin HTTP endpoint report on.
 pub struct AdminState {
     /// The effective policy being served, as JSON.
@@ -38,6 +42,7 @@ pub struct AdminState {
     /// detach at the end.
     steering: Mutex<Vec<Attached>>,
     draining: AtomicBool,
+    set_log_filter: Option<SetLogFilter>,
 }
 
 impl AdminState {
@@ -53,6 +58,26 @@ impl AdminState {
             metrics,
             steering: Mutex::new(steering),
             draining: AtomicBool::new(false),
+            set_log_filter: None,
+        }
+    }
+
+    /// Lets `log-level` requests change the log filter.
+    pub fn with_log_filter(mut self, set: Option<SetLogFilter>) -> AdminState {
+        self.set_log_filter = set;
+        self
+    }
+
+    fn set_log_level(&self, spec: &str) -> String {
+        match &self.set_log_filter {
+            None => "error: this postern's log level cannot be changed".to_string(),
+            Some(set) => match set(spec) {
+                Ok(()) => {
+                    tracing::info!(filter = spec, "log filter changed");
+                    format!("log filter is now {spec:?}")
+                }
+                Err(e) => format!("error: {e}"),
+            },
         }
     }
 
@@ -204,8 +229,11 @@ async fn answer(stream: UnixStream, state: Arc<AdminState>) {
             Ok(()) => "ready".to_string(),
             Err(reasons) => format!("not ready: {reasons}"),
         },
+        (Ok(Ok(_)), request) if request.starts_with("log-level ") => {
+            state.set_log_level(request["log-level ".len()..].trim())
+        }
         (Ok(Ok(_)), other) => {
-            format!("error: unknown request {other:?}; expected \"certs\" or \"ready\"")
+            format!("error: unknown request {other:?}; expected certs, ready or log-level SPEC")
         }
         _ => return,
     };

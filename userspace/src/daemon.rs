@@ -48,6 +48,12 @@ pub struct RunOptions {
     pub timeouts: Timeouts,
 }
 
+/// What `run` needs beyond options: things owned by the process, not the configuration.
+pub struct Process {
+    /// Changes the log filter at run time (`postern log-level`), if logging allows it.
+    pub set_log_filter: Option<crate::admin::SetLogFilter>,
+}
+
 /// One listener and what it serves, before anything is attached.
 struct Planned {
     /// `namespace/name:port`, or `namespace/name:*` for every other port.
@@ -78,6 +84,7 @@ struct Plan {
 pub async fn run(
     table: &PolicyTable,
     options: &RunOptions,
+    process: Process,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     for warning in &table.warnings {
@@ -116,9 +123,10 @@ pub async fn run(
     let (stop_accepting, accepting) = watch::channel(false);
     let (stop_admin, admin_running) = watch::channel(false);
     let namespaces = attached.len();
-    let state = Arc::new(crate::admin::AdminState::new(
-        table, sources, metrics, attached,
-    ));
+    let state = Arc::new(
+        crate::admin::AdminState::new(table, sources, metrics, attached)
+            .with_log_filter(process.set_log_filter),
+    );
     let background = [
         tokio::spawn(crate::http_admin::serve(
             http,

@@ -32,6 +32,16 @@ enum Command {
     /// Exit 0 if the running daemon is ready, 1 (with the reasons) if not: an exec readiness
     /// probe. Not ready while any certificate update failed to load.
     Ready(AdminArgs),
+    /// Change the running daemon's log filter, e.g. `debug` or `info,postern::access=off`.
+    LogLevel(LogLevelArgs),
+}
+
+#[derive(Args)]
+struct LogLevelArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// A tracing filter: a level, or `target=level` directives separated by commas.
+    filter: String,
 }
 
 #[derive(Args)]
@@ -116,6 +126,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Certs(args) => certs(&args),
         Command::Ready(args) => ready(&args),
+        Command::LogLevel(args) => log_level(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,7 +167,7 @@ fn check(args: &ConfigArgs) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    let set_log_filter = init_logging(args.log_format);
     let table = load(&args.config)?;
     let options = RunOptions {
         bpffs: args.bpffs,
@@ -176,7 +187,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        daemon::run(&table, &options, shutdown).await
+        let process = daemon::Process {
+            set_log_filter: Some(set_log_filter),
+        };
+        daemon::run(&table, &options, process, shutdown).await
     })
 }
 
@@ -190,6 +204,15 @@ fn certs(args: &CertsArgs) -> anyhow::Result<()> {
             print!("{}", render_secrets(&secrets));
         }
     }
+    Ok(())
+}
+
+fn log_level(args: &LogLevelArgs) -> anyhow::Result<()> {
+    let request = format!("log-level {}", args.filter);
+    println!(
+        "{}",
+        postern::admin::request(&args.admin.admin_socket, &request)?
+    );
     Ok(())
 }
 
@@ -273,18 +296,30 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr, filtered by `POSTERN_LOG` (default `info`); returns how to change the
+/// filter later.
+fn init_logging(format: LogFormat) -> postern::admin::SetLogFilter {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+
+    let filter = EnvFilter::try_from_env("POSTERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     // Colour only for a person at a terminal: in files, escape codes would break grep.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
     }
+    Box::new(move |spec| {
+        let filter = EnvFilter::try_new(spec).map_err(|e| format!("{spec:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// `500ms`, `10s`, `2m`, `12h`, `7d`.

@@ -161,6 +161,7 @@ pub async fn serve(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    tracing::debug!(workload = %service.workload, %peer, "accepted");
                     let tracked = connections.track();
                     let service = Arc::clone(&service);
                     tokio::spawn(async move {
