@@ -8,6 +8,7 @@ mod apps;
 mod check;
 mod drain;
 mod fail_closed;
+mod limits;
 mod logging;
 mod metrics;
 mod policies;
@@ -141,4 +142,17 @@ fn start_drip(
         .args(args)
         .spawn()
         .unwrap()
+}
+
+/// `GET http://ADDRESS/PATH` from the host, where the admin endpoint listens on loopback.
+fn admin_get(run: &Running, path: &str) -> (String, String) {
+    let address = run.postern.admin_address().unwrap();
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
+    (code.to_string(), body.to_string())
 }

@@ -4,20 +4,7 @@
 
 use postern_testbed::{curl, seed_curl_args, SeedRequest};
 
-use crate::Running;
-
-/// `GET http://ADDRESS/PATH` from the host, where the admin endpoint listens on loopback.
-fn get(run: &Running, path: &str) -> (String, String) {
-    let address = run.postern.admin_address().unwrap();
-    let output = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-        .arg(format!("http://{address}{path}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or_default();
-    (code.to_string(), body.to_string())
-}
+use crate::{admin_get as get, Running};
 
 fn sample(metrics: &str, series: &str) -> Option<u64> {
     metrics

@@ -19,7 +19,9 @@ use tokio::sync::watch;
 
 use crate::metrics::PortMetrics;
 use crate::netns::Netns;
-use crate::policy::{MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy};
+use crate::policy::{
+    ConnectionLimits, MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy,
+};
 use crate::redirect::{Steering, SteeringRule};
 use crate::terminator::{self, Action, PortService, Timeouts};
 use crate::tls::reload::TlsSource;
@@ -305,6 +307,7 @@ fn plan_port(
             endpoint: Some(port.endpoint.clone()),
             netns: Arc::clone(netns),
             timeouts,
+            limits: port.limits,
             metrics: Arc::new(PortMetrics::new(
                 &workload.namespace,
                 &workload.name,
@@ -334,6 +337,7 @@ fn plan_other_ports(
             endpoint: None,
             netns: Arc::clone(netns),
             timeouts,
+            limits: ConnectionLimits::default(),
             metrics: Arc::new(PortMetrics::new(&workload.namespace, &workload.name, None)),
         }),
         label,

@@ -105,6 +105,12 @@ impl PortMetrics {
         }
     }
 
+    /// Connections opened and not yet closed.
+    pub fn active(&self) -> u64 {
+        let opened = self.opened.load(Ordering::Relaxed);
+        opened.saturating_sub(self.closed.load(Ordering::Relaxed))
+    }
+
     pub fn opened(&self) {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
@@ -238,10 +244,7 @@ pub fn render(ports: &[&PortMetrics], extra: &str) -> String {
         "Connections in progress.",
         ports,
         PortMetrics::labels,
-        |p| {
-            let opened = p.opened.load(Ordering::Relaxed);
-            opened.saturating_sub(p.closed.load(Ordering::Relaxed))
-        },
+        PortMetrics::active,
     );
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let name = "postern_tls_handshake_failures_total";

@@ -323,6 +323,20 @@ impl fmt::Display for PortAction {
     }
 }
 
+/// Istio's `connectionPool.tcp` limits for one port; `None` is no limit (or, for timeouts,
+/// postern's own default).
+#[derive(Debug, serde::Serialize, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections in progress at once; more are reset.
+    pub max_connections: Option<u32>,
+    /// To connect to the app.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// With no bytes either way for this long, the connection is closed.
+    pub idle_timeout: Option<std::time::Duration>,
+    /// A connection is closed after this long, whatever it does.
+    pub max_connection_duration: Option<std::time::Duration>,
+}
+
 /// One intercepted port of one workload.
 #[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
 pub struct PortPolicy {
@@ -336,6 +350,8 @@ pub struct PortPolicy {
     pub endpoint: Endpoint,
     /// The PeerAuthentication mode in effect for this port.
     pub mtls: MtlsMode,
+    /// From the Sidecar's `connectionPool` (or `inboundConnectionPool`).
+    pub limits: ConnectionLimits,
     pub action: PortAction,
     /// Which documents decided this row, e.g. `Sidecar test/ingress-sidecar, PeerAuthentication
     /// test/disable-peer-auth-for-external-mtls-port`.

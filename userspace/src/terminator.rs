@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{HandshakeFailure, PortMetrics};
 use crate::netns::Netns;
-use crate::policy::Endpoint;
+use crate::policy::{ConnectionLimits, Endpoint};
 use crate::tls::reload::TlsSource;
 
 /// Source address of postern's connections to the app; the eBPF program never intercepts it.
@@ -108,6 +109,8 @@ pub struct PortService {
     pub endpoint: Option<Endpoint>,
     pub netns: Arc<Netns>,
     pub timeouts: Timeouts,
+    /// The port's `connectionPool` limits.
+    pub limits: ConnectionLimits,
     pub metrics: Arc<PortMetrics>,
 }
 
@@ -162,10 +165,16 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     tracing::debug!(workload = %service.workload, %peer, "accepted");
+                    // Counted here, before the task runs, so a burst cannot slip past the limit.
+                    let admitted = service
+                        .limits
+                        .max_connections
+                        .is_none_or(|max| service.metrics.active() < u64::from(max));
+                    service.metrics.opened();
                     let tracked = connections.track();
                     let service = Arc::clone(&service);
                     tokio::spawn(async move {
-                        handle(stream, peer, service).await;
+                        handle(stream, peer, service, admitted).await;
                         drop(tracked);
                     });
                 }
@@ -202,6 +211,14 @@ enum Failure {
     Connect { endpoint: String, error: io::Error },
     #[error("connection broke: {0}")]
     Splice(io::Error),
+    #[error(
+        "the port already has its maximum of {0} connections (connectionPool.tcp.maxConnections)"
+    )]
+    OverLimit(u32),
+    #[error("no bytes either way for {0:?} (connectionPool.tcp.idleTimeout)")]
+    Idle(Duration),
+    #[error("open for {0:?} (connectionPool.tcp.maxConnectionDuration)")]
+    MaxDuration(Duration),
 }
 
 impl Failure {
@@ -213,19 +230,27 @@ impl Failure {
             Failure::Reset(_) => "reset",
             Failure::Connect { .. } => "app_unreachable",
             Failure::Splice(_) => "broken",
+            Failure::OverLimit(_) => "over_limit",
+            Failure::Idle(_) => "idle_timeout",
+            Failure::MaxDuration(_) => "max_duration",
         }
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>) {
+async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>, admitted: bool) {
     let started = Instant::now();
     let original_dst = stream
         .local_addr()
         .map(canonical)
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
     let mut record = Record::default();
-    service.metrics.opened();
-    let result = apply_policy(stream, &service, &mut record).await;
+    let result = match (admitted, service.limits.max_connections) {
+        (false, Some(max)) => {
+            reset(stream);
+            Err(Failure::OverLimit(max))
+        }
+        _ => apply_policy(stream, &service, &mut record).await,
+    };
     service
         .metrics
         .closed(record.bytes_from_client, record.bytes_to_client);
@@ -324,7 +349,10 @@ where
         endpoint: endpoint.to_string(),
         error,
     };
-    let timeout = service.timeouts.connect;
+    let timeout = service
+        .limits
+        .connect_timeout
+        .unwrap_or(service.timeouts.connect);
     let connecting = async {
         match endpoint {
             Endpoint::Tcp(addr) => {
@@ -344,10 +372,9 @@ where
         })?
         .map_err(connect_failed)?;
     match app {
-        App::Tcp(app) => splice(client, app, record).await,
-        App::Unix(app) => splice(client, app, record).await,
+        App::Tcp(app) => splice(client, app, record, &service.limits).await,
+        App::Unix(app) => splice(client, app, record, &service.limits).await,
     }
-    .map_err(Failure::Splice)
 }
 
 enum App {
@@ -365,28 +392,76 @@ async fn connect_tcp(netns: &Netns, addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// Copies both ways until both sides have finished sending. Each side's end of stream is
 /// passed on as a half-close (FIN, or TLS close_notify then FIN), so a client that stops
-/// sending can still receive the whole answer, and the other way round.
-async fn splice<C, A>(client: C, app: A, record: &mut Record) -> io::Result<()>
+/// sending can still receive the whole answer, and the other way round. The port's idle
+/// timeout and maximum duration end it early.
+async fn splice<C, A>(
+    client: C,
+    app: A,
+    record: &mut Record,
+    limits: &ConnectionLimits,
+) -> Result<(), Failure>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut app_read, mut app_write) = tokio::io::split(app);
+    let started = Instant::now();
+    // Milliseconds since `started` of the last byte either way, for the idle timeout.
+    let last_activity = AtomicU64::new(0);
     let upstream = pump(
         &mut client_read,
         &mut app_write,
         &mut record.bytes_from_client,
+        (started, &last_activity),
     );
     let downstream = pump(
         &mut app_read,
         &mut client_write,
         &mut record.bytes_to_client,
+        (started, &last_activity),
     );
-    tokio::try_join!(upstream, downstream).map(|_| ())
+    let both = async { tokio::try_join!(upstream, downstream).map_err(Failure::Splice) };
+    let idle = async {
+        match limits.idle_timeout {
+            Some(limit) => idle_watch(limit, started, &last_activity).await,
+            None => std::future::pending().await,
+        }
+    };
+    let lifetime = async {
+        match limits.max_connection_duration {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                Failure::MaxDuration(limit)
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        done = both => done.map(|_| ()),
+        failure = idle => Err(failure),
+        failure = lifetime => Err(failure),
+    }
 }
 
-async fn pump<R, W>(from: &mut R, to: &mut W, moved: &mut u64) -> io::Result<()>
+/// Completes once no byte has moved either way for `limit`.
+async fn idle_watch(limit: Duration, started: Instant, last_activity: &AtomicU64) -> Failure {
+    loop {
+        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        let quiet = started.elapsed().saturating_sub(last);
+        if quiet >= limit {
+            return Failure::Idle(limit);
+        }
+        tokio::time::sleep(limit - quiet).await;
+    }
+}
+
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    moved: &mut u64,
+    (started, last_activity): (Instant, &AtomicU64),
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -406,6 +481,7 @@ where
         to.write_all(&buffer[..n]).await?;
         to.flush().await?;
         *moved += n as u64;
+        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod document;
 mod error;
+mod limits;
 mod peer_authentication;
 mod resolve;
 mod sidecar;

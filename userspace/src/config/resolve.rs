@@ -9,7 +9,7 @@ use super::peer_authentication::PeerAuthentication;
 use super::sidecar::{loopback, IngressPort, Sidecar};
 use super::values::{selects, Labels};
 use super::workload::{check_shared_netns, Workload};
-use crate::policy::{MtlsMode, PortAction, PortPolicy, Protocol, WorkloadPolicy};
+use crate::policy::{ConnectionLimits, MtlsMode, PortAction, PortPolicy, Protocol, WorkloadPolicy};
 
 /// Where the mode comes from when no PeerAuthentication sets one.
 const ISTIO_DEFAULT: &str = "Istio default (no PeerAuthentication sets a mode)";
@@ -264,6 +264,7 @@ fn port_policy(
             bind: ingress.bind,
             endpoint: ingress.endpoint.clone(),
             mtls: decision.mode,
+            limits: ingress.limits,
             action,
             source: format!("{}, {}", sidecar.id(), decision.source),
         },
@@ -275,6 +276,7 @@ fn port_policy(
             bind: None,
             endpoint: loopback(port),
             mtls: decision.mode,
+            limits: ConnectionLimits::default(),
             action,
             source: decision.source,
         },
@@ -366,6 +368,7 @@ mod tests {
                     bind: None,
                     endpoint: app.clone(),
                     mtls: MtlsMode::Disable,
+                    limits: Default::default(),
                     action: PortAction::Tls(TlsSettings {
                         mode: TlsMode::Mutual,
                         server_certificate: "/etc/istio/tls-certs/tls.crt".into(),
@@ -384,6 +387,7 @@ mod tests {
                     bind: None,
                     endpoint: app,
                     mtls: MtlsMode::Strict,
+                    limits: Default::default(),
                     action: PortAction::MeshStrict,
                     source: source.into(),
                 },

@@ -10,12 +10,13 @@ use serde_yaml::{Mapping, Value};
 
 use super::document::Kind;
 use super::error::{expected, FieldPath, Report};
+use super::limits::{limits, RawConnectionPool};
 use super::values::{
     self, absolute_path, choose, ip_address, optional, port_number, Choice, Labels,
 };
 use crate::policy::{
-    CipherSuite, ClientMatch, Endpoint, Pin, Protocol, ProtocolSettings, TlsMode, TlsSettings,
-    TlsVersion,
+    CipherSuite, ClientMatch, ConnectionLimits, Endpoint, Pin, Protocol, ProtocolSettings, TlsMode,
+    TlsSettings, TlsVersion,
 };
 
 /// A valid Sidecar.
@@ -38,6 +39,7 @@ pub(super) struct IngressPort {
     pub bind: Option<IpAddr>,
     pub endpoint: Endpoint,
     pub tls: Option<TlsSettings>,
+    pub limits: ConnectionLimits,
 }
 
 /// Where an app listens when the Sidecar names no `defaultEndpoint`: the same port, on
@@ -56,7 +58,7 @@ pub(super) struct RawSidecarSpec {
     ingress: Vec<RawIngress>,
     egress: Option<IgnoredAny>,
     outbound_traffic_policy: Option<IgnoredAny>,
-    inbound_connection_pool: Option<IgnoredAny>,
+    inbound_connection_pool: Option<RawConnectionPool>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +77,7 @@ struct RawIngress {
     /// Kept as YAML so that unsupported TLS fields get their own message (see
     /// [`UNSUPPORTED_TLS_FIELDS`]) rather than serde's generic "unknown field".
     tls: Option<Mapping>,
-    connection_pool: Option<IgnoredAny>,
+    connection_pool: Option<RawConnectionPool>,
 }
 
 #[derive(Deserialize)]
@@ -165,15 +167,20 @@ impl Kind for Sidecar {
                 "egress and outboundTrafficPolicy are outbound settings; ignored"
             );
         }
-        if raw.inbound_connection_pool.is_some() {
-            report.warn(&spec.key("inboundConnectionPool"), CONNECTION_LIMITS);
-        }
+        let inbound = limits(
+            raw.inbound_connection_pool,
+            &spec.key("inboundConnectionPool"),
+            ConnectionLimits::default(),
+            report,
+        )?;
         // Every entry is checked, so that all their problems are reported at once.
         let ingress: Vec<Option<IngressPort>> = raw
             .ingress
             .into_iter()
             .enumerate()
-            .map(|(index, raw)| ingress_port(raw, spec.key("ingress").index(index), report))
+            .map(|(index, raw)| {
+                ingress_port(raw, spec.key("ingress").index(index), inbound, report)
+            })
             .collect();
         let ingress: Vec<IngressPort> = ingress.into_iter().collect::<Option<_>>()?;
         let ingress = distinct_ports(ingress, report)?;
@@ -184,9 +191,12 @@ impl Kind for Sidecar {
     }
 }
 
-const CONNECTION_LIMITS: &str = "connection limits are not enforced yet; accepted and ignored";
-
-fn ingress_port(raw: RawIngress, path: FieldPath, report: &mut Report) -> Option<IngressPort> {
+fn ingress_port(
+    raw: RawIngress,
+    path: FieldPath,
+    inbound: ConnectionLimits,
+    report: &mut Report,
+) -> Option<IngressPort> {
     let port_path = path.key("port");
     let port = report.check(&port_path.key("number"), port_number(raw.port.number));
     let protocol = report.check(
@@ -211,9 +221,12 @@ fn ingress_port(raw: RawIngress, path: FieldPath, report: &mut Report) -> Option
         None => port.map(loopback),
     };
     let tls = optional(raw.tls, |tls| tls_settings(tls, &path.key("tls"), report));
-    if raw.connection_pool.is_some() {
-        report.warn(&path.key("connectionPool"), CONNECTION_LIMITS);
-    }
+    let limits = limits(
+        raw.connection_pool,
+        &path.key("connectionPool"),
+        inbound,
+        report,
+    );
     target_port?;
     capture_mode?;
     Some(IngressPort {
@@ -224,6 +237,7 @@ fn ingress_port(raw: RawIngress, path: FieldPath, report: &mut Report) -> Option
         bind: bind?,
         endpoint: endpoint?,
         tls: tls?,
+        limits: limits?,
     })
 }
 
@@ -579,7 +593,7 @@ fn distinct_ports(ingress: Vec<IngressPort>, report: &mut Report) -> Option<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::testing::{assert_error, load, stream, warnings, HTTPBIN};
+    use crate::config::testing::{assert_error, errors, load, stream, warnings, HTTPBIN};
     use crate::policy::PortPolicy;
 
     const LOCATION: &str = "test.yaml: document 1 (Sidecar test/s)";
@@ -1117,18 +1131,59 @@ mod tests {
     }
 
     #[test]
-    fn outbound_settings_are_ignored_and_connection_pools_warned() {
-        let yaml = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  \
+    fn outbound_settings_are_ignored() {
+        let yaml =
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  \
                     egress: [{hosts: ['./*']}]\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n  \
-                    inboundConnectionPool: {tcp: {maxConnections: 10}}\n  ingress:\n  \
-                    - {port: {number: 80, protocol: HTTP}, connectionPool: {tcp: {maxConnections: 1}}}";
-        let limits = "connection limits are not enforced yet; accepted and ignored";
+                    ingress:\n  - {port: {number: 80, protocol: HTTP}}";
+        assert_eq!(warnings(yaml), Vec::<String>::new());
+    }
+
+    /// The Sidecar's `inboundConnectionPool` applies to every port; a port's own
+    /// `connectionPool` wins field by field; HTTP settings are warned about, not applied.
+    #[test]
+    fn connection_pools_become_port_limits() {
+        let entries = [
+            "{port: {number: 80, protocol: HTTP}, connectionPool: {tcp: {maxConnections: 1, idleTimeout: 1.5s}}}",
+            "{port: {number: 81, protocol: HTTP}}",
+        ];
+        let yaml = sidecar(&entries).replace(
+            "spec:\n",
+            "spec:\n  inboundConnectionPool: {tcp: {maxConnections: 10, connectTimeout: 30ms}, http: {maxRetries: 1}}\n",
+        );
+        let table = load(&stream(&[&yaml, HTTPBIN])).unwrap();
+        let limits: Vec<_> = table.workloads[0].ports.iter().map(|p| p.limits).collect();
+        assert_eq!(limits[0].max_connections, Some(1));
         assert_eq!(
-            warnings(yaml),
-            [
-                format!("{LOCATION}: spec.inboundConnectionPool: {limits}"),
-                format!("{LOCATION}: spec.ingress[0].connectionPool: {limits}"),
-            ]
+            limits[0].idle_timeout,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(
+            limits[0].connect_timeout,
+            Some(std::time::Duration::from_millis(30))
+        );
+        assert_eq!(limits[1].max_connections, Some(10));
+        assert_eq!(limits[1].idle_timeout, None);
+        assert!(
+            table
+                .warnings
+                .iter()
+                .any(|w| w.contains("spec.inboundConnectionPool.http")),
+            "{:?}",
+            table.warnings
+        );
+    }
+
+    #[test]
+    fn connection_pool_errors_name_the_field() {
+        let entry = "{port: {number: 80, protocol: HTTP}, connectionPool: {tcp: {maxConnections: 0, idleTimeout: soon}}}";
+        let errors = errors(&stream(&[&sidecar(&[entry]), HTTPBIN]));
+        assert!(
+            errors.contains(
+                "spec.ingress[0].connectionPool.tcp.maxConnections: expected a positive number"
+            ) && errors
+                .contains("spec.ingress[0].connectionPool.tcp.idleTimeout: expected a duration"),
+            "{errors}"
         );
     }
 }
