@@ -92,6 +92,7 @@ pub async fn run(
     for warning in &table.warnings {
         tracing::warn!("{warning}");
     }
+    crate::redirect::check_kernel()?;
     let Plan {
         namespaces: plans,
         sources,

@@ -51,6 +51,64 @@ pub enum RedirectError {
     },
     #[error("network namespace {netns}: {count} rules exceed the limit of {MAX_RULES}")]
     TooManyRules { netns: String, count: usize },
+    #[error("this kernel ({release}) lacks {feature}, which postern's kernel side needs; refusing to start rather than leave ports unprotected")]
+    KernelLacks {
+        release: String,
+        feature: &'static str,
+    },
+}
+
+/// Probes the running kernel for everything the kernel side uses, before anything is loaded,
+/// so that an old kernel is named with what it lacks instead of failing somewhere later. A
+/// probe that cannot decide is logged and skipped: loading then reports the real error.
+pub fn check_kernel() -> Result<(), RedirectError> {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown release".to_string());
+    for (feature, probe) in kernel_needs() {
+        match probe() {
+            Ok(true) => {}
+            Ok(false) => return Err(RedirectError::KernelLacks { release, feature }),
+            Err(e) => tracing::warn!(%release, feature, error = %e, "cannot probe the kernel"),
+        }
+    }
+    tracing::debug!(%release, "kernel has everything postern needs");
+    Ok(())
+}
+
+type Probe = Box<dyn Fn() -> Result<bool, String>>;
+
+/// Each kernel feature the kernel side uses, with its probe.
+fn kernel_needs() -> [(&'static str, Probe); 5] {
+    use aya::maps::MapType;
+    use aya::programs::ProgramType;
+    use aya::sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper};
+
+    [
+        (
+            "sk_lookup programs (BPF_PROG_TYPE_SK_LOOKUP, Linux 5.9)",
+            Box::new(|| is_program_supported(ProgramType::SkLookup).map_err(|e| e.to_string())),
+        ),
+        (
+            "bpf_sk_assign in sk_lookup programs (Linux 5.9)",
+            Box::new(|| {
+                is_helper_supported(ProgramType::SkLookup, BpfHelper::BPF_FUNC_sk_assign)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "SOCKMAP maps (Linux 4.14)",
+            Box::new(|| is_map_supported(MapType::SockMap).map_err(|e| e.to_string())),
+        ),
+        (
+            "LPM trie maps (Linux 4.11)",
+            Box::new(|| is_map_supported(MapType::LpmTrie).map_err(|e| e.to_string())),
+        ),
+        (
+            "per-CPU array maps (Linux 4.6)",
+            Box::new(|| is_map_supported(MapType::PerCpuArray).map_err(|e| e.to_string())),
+        ),
+    ]
 }
 
 /// Which connections one rule covers, and the listener that receives them.
@@ -294,6 +352,32 @@ fn destination_prefix(destination: Option<IpAddr>) -> (u32, [u8; 16]) {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Every probe must answer yes on the kernels postern runs on (the host's, and vm-test's
+    /// guests); a broken probe would refuse a good kernel.
+    #[test]
+    fn this_kernel_has_what_postern_needs() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "probing needs root"
+        );
+        check_kernel().unwrap();
+    }
+
+    #[test]
+    fn a_missing_feature_is_named_with_the_kernel() {
+        let error = RedirectError::KernelLacks {
+            release: "4.19.0-27-amd64".into(),
+            feature: "sk_lookup programs (BPF_PROG_TYPE_SK_LOOKUP, Linux 5.9)",
+        }
+        .to_string();
+        assert!(
+            error.contains("4.19.0-27-amd64")
+                && error.contains("sk_lookup")
+                && error.contains("refusing"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn prefixes_cover_port_then_address() {

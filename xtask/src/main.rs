@@ -1,9 +1,10 @@
-//! postern's developer tasks: `cargo xtask setup | test | demo`.
+//! postern's developer tasks: `cargo xtask setup | test | demo | vm-test`.
 
 mod demo;
 mod process;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::process::ExitCode;
 
@@ -23,8 +24,12 @@ struct Cli {
 enum Command {
     /// Install the prerequisites (apt packages, bpf-linker, nightly rust-src, bpffs); idempotent.
     Setup,
-    /// Setup, build everything, run every test, then fail if a test left anything behind.
+    /// Setup, lints, build everything, run every test on this kernel, then fail if a test left
+    /// anything behind; then the end-to-end core on the other kernels in QEMU (vm-test).
     Test {
+        /// Skip the QEMU guests (a quicker run while developing).
+        #[arg(long)]
+        no_vm: bool,
         /// Passed on to `cargo test --workspace` (e.g. a test name filter, `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
@@ -38,13 +43,33 @@ enum Command {
         #[arg(long, conflicts_with = "keep")]
         down: bool,
     },
+    /// Run the end-to-end suite on Debian's cloud kernels, each booted in QEMU (vm-test/README.md).
+    VmTest {
+        /// Which kernel(s) to boot.
+        #[arg(long, value_enum, default_value = "all")]
+        kernel: vm_test::KernelChoice,
+        /// Arguments for the e2e test binary in the guest (test name filters, `--test-threads`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        e2e_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Command::Test {
+            no_vm,
+            cargo_test_args,
+        } => test::run(&cargo_test_args).and_then(|()| {
+            if no_vm {
+                println!("test: QEMU guests skipped (--no-vm)");
+                Ok(())
+            } else {
+                vm_test::run(vm_test::KernelChoice::All, &[])
+            }
+        }),
+        Command::VmTest { kernel, e2e_args } => vm_test::run(kernel, &e2e_args),
         Command::Demo { keep, down } => {
             if down {
                 demo::down()

@@ -45,40 +45,52 @@ pub fn run() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let installed = installed_packages()?;
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|package| !installed.contains(*package))
-        .collect();
-    if missing.is_empty() {
-        println!("setup: apt packages present: {}", APT_PACKAGES.join(" "));
-        return Ok(());
-    }
-    println!("setup: installing apt packages: {}", missing.join(" "));
-    run_command(apt_get().arg("update"))?;
-    run_command(apt_get().args(["install", "-y"]).args(&missing))
+    install_missing("setup", APT_PACKAGES, None)
 }
 
-fn apt_get() -> Command {
+/// Installs those of `packages` that dpkg does not list as installed, from `release` (e.g.
+/// `bookworm-backports`) if given. `apt-get update` runs first, and only when something is
+/// missing, so a machine that has everything pays one `dpkg-query`.
+pub fn install_missing(who: &str, packages: &[&str], release: Option<&str>) -> Result<()> {
+    let missing = missing_packages(packages)?;
+    if missing.is_empty() {
+        println!("{who}: apt packages present: {}", packages.join(" "));
+        return Ok(());
+    }
+    println!("{who}: installing apt packages: {}", missing.join(" "));
+    run_command(apt_get().arg("update"))?;
+    let mut install = apt_get();
+    install.args(["install", "-y"]);
+    if let Some(release) = release {
+        install.args(["-t", release]);
+    }
+    run_command(install.args(&missing))
+}
+
+pub fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
 }
 
-/// The packages among ours that dpkg says are installed (one `dpkg-query` for all of them;
-/// it exits 1 when some are unknown, and still lists the others).
-fn installed_packages() -> Result<HashSet<String>> {
+/// The packages among `packages` that dpkg does not list as installed (one `dpkg-query` for
+/// all of them; it exits 1 when some are unknown, and still lists the others).
+fn missing_packages<'a>(packages: &[&'a str]) -> Result<Vec<&'a str>> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .output()
         .context("cannot run dpkg-query")?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let installed: HashSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| line.split_once(' '))
         .filter(|(_, status)| status.trim() == "install ok installed")
         .map(|(package, _)| package.to_string())
+        .collect();
+    Ok(packages
+        .iter()
+        .copied()
+        .filter(|package| !installed.contains(*package))
         .collect())
 }
 
