@@ -107,7 +107,13 @@ impl CurlResult {
                 let message = error.split_once(") ").map_or(error, |(_, message)| message);
                 format!("curl exit {}: {message}", self.exit_code)
             }
-            None => format!("curl exit {}, no response", self.exit_code),
+            // Neither an answer nor an error: show what curl did say.
+            None => format!(
+                "curl exit {}, no response; curl said:\n{}{}",
+                self.exit_code,
+                crate::cmd::tail(&self.stderr, 15),
+                crate::cmd::tail(&self.stdout, 5)
+            ),
         }
     }
 

@@ -67,11 +67,15 @@ const MATRIX: &[Series] = &[
 
 /// What the guest runs when no arguments are given: the core subset (software emulation makes
 /// the whole suite take about a minute a test; see vm-test/README.md). Substring filters: the
-/// seed's mTLS request, plaintext reset on the STRICT port, and both fail-closed tests.
+/// seed's mTLS request, plaintext reset on the STRICT port, and both fail-closed tests. One
+/// test at a time: with two in parallel on emulated CPUs, a curl in one test once got no
+/// answer (cause not found; it did not recur alone).
 const DEFAULT_E2E_ARGS: &[&str] = &[
     "seed::mtls_with_the_seed_client_certificate_gets_200_over_tls13",
     "seed::plaintext_to_the_strict_port_is_reset",
     "fail_closed::",
+    "--test-threads",
+    "1",
 ];
 
 /// The built binaries that travel into the guest.
