@@ -66,24 +66,24 @@ fn mtls_over_ipv6_gets_200() {
     assert!(lines.iter().any(|l| l.contains("outcome=ok")), "{lines:?}");
 }
 
-/// b: no client certificate: the handshake fails and httpbin never sees a request.
-#[test]
-fn no_client_certificate_is_refused_before_the_app() {
+/// Sends the seed's `request` from the external client to 9080: it fails as the seed says,
+/// before httpbin, and its access-log line carries every one of `logged`.
+fn assert_seed_request_refused(request: SeedRequest, logged: &[&str]) {
     let run = Running::seed();
     let result = curl(
         run.topology.client(),
-        seed_curl_args(&run.topology, SeedRequest::ExternalNoClientCert),
+        seed_curl_args(&run.topology, request),
     )
     .unwrap();
-    assert!(
-        SeedRequest::ExternalNoClientCert.matches_seed(&result),
-        "{}",
-        result.summary()
-    );
-    assert_refused_before_httpbin(
-        &run,
-        &result,
-        "198.18.0.2:9080",
+    assert!(request.matches_seed(&result), "{}", result.summary());
+    assert_refused_before_httpbin(&run, &result, "198.18.0.2:9080", logged);
+}
+
+/// b: no client certificate: the handshake fails and httpbin never sees a request.
+#[test]
+fn no_client_certificate_is_refused_before_the_app() {
+    assert_seed_request_refused(
+        SeedRequest::ExternalNoClientCert,
         &["outcome=handshake_failed"],
     );
 }
@@ -91,21 +91,8 @@ fn no_client_certificate_is_refused_before_the_app() {
 /// c: a client certificate from another CA fails the same way.
 #[test]
 fn client_certificate_from_another_ca_is_refused() {
-    let run = Running::seed();
-    let result = curl(
-        run.topology.client(),
-        seed_curl_args(&run.topology, SeedRequest::ExternalOtherCa),
-    )
-    .unwrap();
-    assert!(
-        SeedRequest::ExternalOtherCa.matches_seed(&result),
-        "{}",
-        result.summary()
-    );
-    assert_refused_before_httpbin(
-        &run,
-        &result,
-        "198.18.0.2:9080",
+    assert_seed_request_refused(
+        SeedRequest::ExternalOtherCa,
         &["outcome=handshake_failed", "UnknownIssuer"],
     );
 }
