@@ -73,12 +73,12 @@ fn reissued_server_certificate(topology: &SeedTopology) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-/// The serial number of the certificate a new mutual-TLS handshake on 9080 sees, as openssl
-/// prints it (`serial=01`).
-fn served_serial(topology: &SeedTopology) -> String {
+/// `openssl s_client OPTIONS` to 9080 from the client namespace with the seed's client
+/// certificate, stdin closed, its output piped through `then` (a shell tail such as `2>&1`).
+fn s_client(topology: &SeedTopology, options: &str, then: &str) -> String {
     let certs = topology.certs();
     let script = format!(
-        "openssl s_client -connect 198.18.0.2:9080 -cert {} -key {} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        "openssl s_client -connect 198.18.0.2:9080 {options} -cert {} -key {} -CAfile {} </dev/null {then}",
         certs.client_cert.display(),
         certs.client_key.display(),
         certs.ca_cert.display()
@@ -90,6 +90,12 @@ fn served_serial(topology: &SeedTopology) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The serial number of the certificate a new mutual-TLS handshake on 9080 sees, as openssl
+/// prints it (`serial=01`).
+fn served_serial(topology: &SeedTopology) -> String {
+    s_client(topology, "", "2>/dev/null | openssl x509 -noout -serial")
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -220,23 +226,7 @@ fn rotation_to_a_broken_file_keeps_the_previous_certificate() {
 fn no_session_resumes_across_a_ca_change() {
     let run = running_with_kubernetes_secrets();
     let session = run.topology.work_dir().join("session.pem");
-    let handshake = |extra: &str| {
-        let certs = run.topology.certs();
-        let script = format!(
-            "openssl s_client -connect 198.18.0.2:9080 -tls1_2 -cert {} -key {} -CAfile {} {extra} </dev/null 2>&1",
-            certs.client_cert.display(),
-            certs.client_key.display(),
-            certs.ca_cert.display()
-        );
-        let output = run
-            .topology
-            .client()
-            .command("sh")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let handshake = |extra: &str| s_client(&run.topology, &format!("-tls1_2 {extra}"), "2>&1");
     let first = handshake(&format!("-sess_out {}", session.display()));
     assert!(first.contains("New, TLSv1.2"), "{first}");
     let resumed = handshake(&format!("-sess_in {}", session.display()));
