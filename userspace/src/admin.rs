@@ -5,21 +5,23 @@
 //! - `certs`: JSON, the rows of `postern certs`;
 //! - `ready`: `ready`, or `not ready: REASON; ...` while draining or while any TLS material is
 //!   in error (the previous material still serves, but the operator's update did not take);
-//! - `log-level SPEC`: replaces the log filter (`debug`, `info,postern::access=off`, ...).
+//! - `log-level SPEC`: replaces the log filter (`debug`, `info,postern::access=off`, ...);
+//! - `takeover`: a newer postern asks for the listeners (see `handover`).
 
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::daemon::Attached;
-use crate::metrics::PortMetrics;
+use crate::metrics::{PortMetrics, ReloadStatus};
 use crate::policy::PolicyTable;
 use crate::tls::reload::{Secret, TlsSource};
 
@@ -34,32 +36,101 @@ pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// What the admin socket and the admin HTTP endpoint report on.
 pub struct AdminState {
-    /// The effective policy being served, as JSON.
-    policy: serde_json::Value,
-    sources: Vec<Arc<TlsSource>>,
-    metrics: Vec<Arc<PortMetrics>>,
+    /// What the current configuration serves; replaced whole by a reload.
+    generation: Mutex<Generation>,
+    reloads: Mutex<ReloadStatus>,
     /// The kernel side, held here while serving so its counters can be read; taken back to
     /// detach at the end.
     steering: Mutex<Vec<Attached>>,
     draining: AtomicBool,
     set_log_filter: Option<SetLogFilter>,
+    /// Where `takeover` requests go (the daemon's main loop).
+    takeover: Option<mpsc::Sender<std::os::unix::net::UnixStream>>,
+    /// The admin HTTP endpoint's listener, handed over with the others.
+    admin_http: Option<OwnedFd>,
+}
+
+/// The served configuration's parts that the admin endpoints show.
+#[derive(Default)]
+struct Generation {
+    /// The effective policy being served, as JSON.
+    policy: serde_json::Value,
+    sources: Vec<Arc<TlsSource>>,
+    metrics: Vec<Arc<PortMetrics>>,
+}
+
+impl Default for AdminState {
+    fn default() -> Self {
+        AdminState::new()
+    }
 }
 
 impl AdminState {
-    pub fn new(
+    pub fn new() -> AdminState {
+        AdminState {
+            generation: Mutex::default(),
+            reloads: Mutex::new(ReloadStatus::started()),
+            steering: Mutex::default(),
+            draining: AtomicBool::new(false),
+            set_log_filter: None,
+            takeover: None,
+            admin_http: None,
+        }
+    }
+
+    /// Shows `policy`, `sources` and `metrics` from now on.
+    pub fn serve_generation(
+        &self,
         policy: &PolicyTable,
         sources: Vec<Arc<TlsSource>>,
         metrics: Vec<Arc<PortMetrics>>,
-        steering: Vec<Attached>,
-    ) -> AdminState {
-        AdminState {
+    ) {
+        *lock(&self.generation) = Generation {
             policy: serde_json::to_value(policy).unwrap_or_default(),
             sources,
             metrics,
-            steering: Mutex::new(steering),
-            draining: AtomicBool::new(false),
-            set_log_filter: None,
-        }
+        };
+    }
+
+    /// Records a reload's outcome; returns the generation now serving.
+    pub fn reloaded(&self, outcome: Result<(), String>) -> u64 {
+        let mut reloads = lock(&self.reloads);
+        reloads.record(outcome);
+        reloads.generation
+    }
+
+    /// Why the last reload failed, while the configuration before it keeps serving.
+    pub fn reload_warning(&self) -> Option<String> {
+        let reloads = lock(&self.reloads);
+        let error = reloads.last_error.as_ref()?;
+        Some(format!(
+            "the last configuration reload failed, generation {} keeps serving: {error}",
+            reloads.generation
+        ))
+    }
+
+    /// Lets `takeover` requests reach the daemon.
+    pub fn with_takeover(
+        mut self,
+        requests: mpsc::Sender<std::os::unix::net::UnixStream>,
+    ) -> AdminState {
+        self.takeover = Some(requests);
+        self
+    }
+
+    /// The admin HTTP endpoint's listener, to hand over with the others.
+    pub fn with_admin_http(mut self, listener: OwnedFd) -> AdminState {
+        self.admin_http = Some(listener);
+        self
+    }
+
+    pub fn admin_http_fd(&self) -> Option<&OwnedFd> {
+        self.admin_http.as_ref()
+    }
+
+    /// The kernel side, for the daemon to change.
+    pub fn steering(&self) -> MutexGuard<'_, Vec<Attached>> {
+        lock(&self.steering)
     }
 
     /// Lets `log-level` requests change the log filter.
@@ -84,25 +155,27 @@ impl AdminState {
     /// Everything postern is doing, for `/config_dump`: the effective policy, the kernel
     /// attachments with their counters, the certificates served, and readiness.
     pub fn config_dump(&self) -> String {
-        let steering = self.steering.lock().unwrap_or_else(PoisonError::into_inner);
-        let attachments: Vec<serde_json::Value> = steering.iter().map(Attached::dump).collect();
+        let attachments: Vec<serde_json::Value> =
+            self.steering().iter().map(Attached::dump).collect();
+        let policy = lock(&self.generation).policy.clone();
         let dump = serde_json::json!({
-            "policy": self.policy,
+            "policy": policy,
             "attachments": attachments,
-            "certificates": secrets(&self.sources),
+            "certificates": secrets(&self.sources()),
             "ready": self.readiness().err().unwrap_or_else(|| "ready".to_string()),
+            "reload": *lock(&self.reloads),
         });
         serde_json::to_string_pretty(&dump).unwrap_or_default()
     }
 
     /// Hands the kernel side back, for detaching.
     pub fn take_steering(&self) -> Vec<Attached> {
-        std::mem::take(&mut self.steering.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut self.steering())
     }
 
     /// Ready, or why not: draining, or TLS material whose update failed to load.
     pub fn readiness(&self) -> Result<(), String> {
-        let mut problems: Vec<String> = secrets(&self.sources)
+        let mut problems: Vec<String> = secrets(&self.sources())
             .iter()
             .filter_map(|s| Some(format!("{}: {}", s.resource_name, s.error.as_ref()?)))
             .collect();
@@ -121,7 +194,7 @@ impl AdminState {
         let mut extra = String::from(
             "# HELP postern_certificate_expiry_timestamp_seconds When each served certificate expires.\n# TYPE postern_certificate_expiry_timestamp_seconds gauge\n",
         );
-        for secret in secrets(&self.sources) {
+        for secret in secrets(&self.sources()) {
             extra += &format!(
                 "postern_certificate_expiry_timestamp_seconds{{resource_name=\"{}\",type=\"{}\",serial_number=\"{}\"}} {}\n",
                 crate::metrics::escape(&secret.resource_name),
@@ -131,8 +204,11 @@ impl AdminState {
             );
         }
         extra += "# HELP postern_steered_connections_total Connections the kernel handed to postern, per rule.\n# TYPE postern_steered_connections_total counter\n";
-        let steering = self.steering.lock().unwrap_or_else(PoisonError::into_inner);
-        let counters: Vec<_> = steering.iter().flat_map(Attached::counters).collect();
+        let counters: Vec<_> = self
+            .steering()
+            .iter()
+            .flat_map(Attached::counters)
+            .collect();
         for (labels, counters) in &counters {
             if let Ok(c) = counters {
                 extra += &format!(
@@ -150,13 +226,15 @@ impl AdminState {
                 );
             }
         }
-        let ports: Vec<&PortMetrics> = self.metrics.iter().map(Arc::as_ref).collect();
+        extra += &lock(&self.reloads).render();
+        let metrics = lock(&self.generation).metrics.clone();
+        let ports: Vec<&PortMetrics> = metrics.iter().map(Arc::as_ref).collect();
         crate::metrics::render(&ports, &extra)
     }
 
     /// Every TLS port's material.
-    pub fn sources(&self) -> &[Arc<TlsSource>] {
-        &self.sources
+    pub fn sources(&self) -> Vec<Arc<TlsSource>> {
+        lock(&self.generation).sources.clone()
     }
 
     /// From now on, readiness is false.
@@ -165,9 +243,14 @@ impl AdminState {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Binds the admin socket. A socket file that nobody answers on is left over from a postern
-/// that died, and is replaced; one that answers belongs to a running postern, and is an error.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+/// that died, and is replaced; one that answers belongs to a running postern, and is an error,
+/// unless `replace` (this postern takes over from that one).
+pub fn bind(path: &Path, replace: bool) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -175,7 +258,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
             .create(dir)?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !replace && std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
@@ -191,13 +274,17 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers requests until `shutdown` turns true, then removes the socket file.
+/// Answers requests until `shutdown` turns true, then removes the socket file, unless a newer
+/// postern has replaced it with its own.
 pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |path: &Path| std::fs::metadata(path).map(|m| m.ino()).ok();
+    let ours = inode(&path);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -212,33 +299,47 @@ pub async fn serve(
             },
         }
     }
+    if inode(&path) != ours {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(&path) {
         tracing::warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
     }
 }
 
-async fn answer(stream: UnixStream, state: Arc<AdminState>) {
-    let (read, mut write) = stream.into_split();
+async fn answer(mut stream: UnixStream, state: Arc<AdminState>) {
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    // Only one line is ever sent before the answer, so the buffer reads nothing past it.
+    let mut reader = BufReader::new((&mut stream).take(MAX_REQUEST));
     let request = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    drop(reader);
     let reply = match (request, line.trim()) {
-        (Ok(Ok(_)), "certs") => serde_json::to_string_pretty(&secrets(state.sources()))
+        (Ok(Ok(_)), "certs") => serde_json::to_string_pretty(&secrets(&state.sources()))
             .unwrap_or_else(|e| e.to_string()),
-        (Ok(Ok(_)), "ready") => match state.readiness() {
-            Ok(()) => "ready".to_string(),
-            Err(reasons) => format!("not ready: {reasons}"),
+        (Ok(Ok(_)), "ready") => match (state.readiness(), state.reload_warning()) {
+            (Ok(()), None) => "ready".to_string(),
+            (Ok(()), Some(warning)) => format!("ready\nwarning: {warning}"),
+            (Err(reasons), _) => format!("not ready: {reasons}"),
         },
         (Ok(Ok(_)), request) if request.starts_with("log-level ") => {
             state.set_log_level(request["log-level ".len()..].trim())
         }
+        (Ok(Ok(_)), crate::handover::REQUEST) => match (&state.takeover, stream.into_std()) {
+            (Some(requests), Ok(stream)) => {
+                if let Err(e) = requests.try_send(stream) {
+                    tracing::warn!(error = %e, "a takeover is already under way");
+                }
+                return;
+            }
+            _ => return,
+        },
         (Ok(Ok(_)), other) => {
-            format!("error: unknown request {other:?}; expected certs, ready or log-level SPEC")
+            format!("error: unknown request {other:?}; expected certs, ready, log-level SPEC or takeover")
         }
         _ => return,
     };
-    let _ = write.write_all(reply.as_bytes()).await;
-    let _ = write.shutdown().await;
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Every source's rows, one row per resource even where several ports share the files.

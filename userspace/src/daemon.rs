@@ -1,13 +1,16 @@
 //! `postern run`: turns the effective policy table into listeners, kernel steering and accept
-//! loops, and takes all of it down again on shutdown.
+//! loops; follows the configuration (SIGHUP, or a change of its files) and applies only what
+//! changed; hands everything over to a newer postern (`--takeover`); and takes all of it down
+//! again on shutdown.
 //!
-//! Everything that can fail is done before anything is attached: TLS material is loaded and
-//! every listener created first, so a bad certificate never leaves a port half-served. If
-//! attaching to one namespace fails, the namespaces already attached are detached again.
+//! Everything that can fail is done before anything is attached: the configuration is read
+//! whole, TLS material loaded and every new listener created first, so a bad configuration
+//! never leaves a port half-served, at start or at a reload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,8 +18,10 @@ use anyhow::Context as _;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::LoadOptions;
+use crate::handover::{self, Key};
 use crate::metrics::PortMetrics;
 use crate::netns::Netns;
 use crate::policy::{
@@ -26,8 +31,13 @@ use crate::redirect::{Steering, SteeringRule};
 use crate::terminator::{self, Action, PortService, Timeouts};
 use crate::tls::reload::TlsSource;
 
-/// How often certificate files are looked at: new material serves within about this long.
+/// How often certificate and configuration files are looked at: changes serve within about
+/// this long.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a listener whose port a reload removed keeps accepting after its rule left the
+/// kernel: connections steered to it just before are still completing their handshake.
+const REMOVED_LISTENER_LINGER: Duration = Duration::from_millis(500);
 
 const STRICT_WITHOUT_IDENTITY: &str =
     "PeerAuthentication STRICT requires mesh mTLS, and no mesh identity is configured";
@@ -37,6 +47,9 @@ const PERMISSIVE_TLS_WITHOUT_IDENTITY: &str =
 /// Settings of `postern run` that are not policy.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// The configuration's files and directories, read at start and at every reload.
+    pub config: Vec<PathBuf>,
+    pub load: LoadOptions,
     /// bpffs directory for pinned kernel state.
     pub bpffs: PathBuf,
     /// The admin socket `postern certs` asks.
@@ -48,6 +61,10 @@ pub struct RunOptions {
     /// How long established connections may take to finish after SIGTERM or SIGINT.
     pub drain_timeout: Duration,
     pub timeouts: Timeouts,
+    /// Reload when the configuration files change, not only on SIGHUP.
+    pub watch_config: bool,
+    /// Take the listeners of the postern answering on `admin_socket`, if one does.
+    pub takeover: bool,
 }
 
 /// What `run` needs beyond options: things owned by the process, not the configuration.
@@ -63,7 +80,7 @@ struct Planned {
     port: Option<u16>,
     destinations: Vec<Option<IpAddr>>,
     intercept_loopback: bool,
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     service: Arc<PortService>,
 }
 
@@ -82,54 +99,115 @@ struct Plan {
     metrics: Vec<Arc<PortMetrics>>,
 }
 
-/// Serves `table` until `shutdown` completes, then drains and detaches everything.
+/// What a new plan may reuse: listeners (kept across a reload, or taken over from the
+/// previous postern) and metrics (kept across a reload), by namespace inode and label.
+#[derive(Default)]
+struct Reusable {
+    listeners: HashMap<Key, Arc<TcpListener>>,
+    metrics: HashMap<Key, Arc<PortMetrics>>,
+}
+
+/// A listener being served: its accept loop, and the policy that loop hands each connection.
+struct Live {
+    listener: Arc<TcpListener>,
+    metrics: Arc<PortMetrics>,
+    service: watch::Sender<Arc<PortService>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Every listener being served, by namespace inode and label.
+struct Serving {
+    lives: BTreeMap<Key, Live>,
+    connections: Arc<terminator::Connections>,
+}
+
+/// Why serving ended.
+enum Ending {
+    /// SIGTERM or SIGINT: drain, then detach.
+    Shutdown,
+    /// A newer postern serves with our listeners and the pinned kernel state: drain, and
+    /// leave the kernel state to it.
+    HandedOver,
+}
+
+/// Serves the configuration until `shutdown` completes (then drains and detaches everything)
+/// or a newer postern takes over (then drains and leaves the kernel state to it).
 pub async fn run(
-    table: &PolicyTable,
     options: &RunOptions,
     process: Process,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::redirect::check_kernel()?;
+    let mut fingerprint = crate::config::fingerprint(&options.config);
+    let table = crate::config::load(&options.config, &options.load)?;
     for warning in &table.warnings {
         tracing::warn!("{warning}");
     }
-    crate::redirect::check_kernel()?;
-    let Plan {
-        namespaces: plans,
-        sources,
-        metrics,
-    } = plan(table, options.timeouts)?;
-    let http = TcpListener::bind(options.admin_address)
-        .await
-        .with_context(|| {
+    let taken = match options.takeover {
+        true => handover::take(&options.admin_socket).with_context(|| {
             format!(
-                "cannot listen on the admin address {}",
-                options.admin_address
+                "cannot take over from the postern on {}",
+                options.admin_socket.display()
             )
-        })?;
+        })?,
+        false => None,
+    };
+    let mut reusable = Reusable::default();
+    if let Some(taken) = &taken {
+        tracing::info!(
+            listeners = taken.listeners.len(),
+            "taking over from the running postern"
+        );
+    }
+    let mut inherited_http = None;
+    for (key, fd) in taken.iter().flat_map(|t| t.listeners.iter()) {
+        let listener = tcp_listener(fd.try_clone()?)?;
+        if key.1 == handover::ADMIN_HTTP {
+            inherited_http = Some(listener);
+        } else {
+            reusable.listeners.insert(key.clone(), Arc::new(listener));
+        }
+    }
+    let plan = plan(&table, options.timeouts, &reusable)?;
+    let http = admin_listener(inherited_http, options.admin_address).await?;
     tracing::info!(address = %http.local_addr()?, "admin endpoint listening");
-    let admin = crate::admin::bind(&options.admin_socket).with_context(|| {
+    let admin = crate::admin::bind(&options.admin_socket, taken.is_some()).with_context(|| {
         format!(
             "cannot listen on the admin socket {}",
             options.admin_socket.display()
         )
     })?;
-    let attached = match attach_all(&plans, options) {
-        Ok(attached) => attached,
-        Err(e) => {
-            let _ = std::fs::remove_file(&options.admin_socket);
-            return Err(e);
-        }
-    };
 
     // Two stages of shutdown: accepting stops first (the drain); the admin socket and the
-    // certificate watch stay until the very end, so readiness can say "draining".
-    let (stop_accepting, accepting) = watch::channel(false);
+    // file watch stay until the very end, so readiness can say "draining".
     let (stop_admin, admin_running) = watch::channel(false);
-    let namespaces = attached.len();
+    let (takeovers, mut takeover_requests) = mpsc::channel(1);
     let state = Arc::new(
-        crate::admin::AdminState::new(table, sources, metrics, attached)
-            .with_log_filter(process.set_log_filter),
+        crate::admin::AdminState::new()
+            .with_log_filter(process.set_log_filter)
+            .with_takeover(takeovers)
+            .with_admin_http(http.as_fd().try_clone_to_owned()?),
     );
+    let mut serving = Serving {
+        lives: BTreeMap::new(),
+        connections: Arc::new(terminator::Connections::default()),
+    };
+    if let Err(e) = serving.apply(plan, &table, &state, options) {
+        let _ = std::fs::remove_file(&options.admin_socket);
+        for attached in state.take_steering() {
+            if !attached.steering.adopted() {
+                if let Err(undo) = attached.steering.detach() {
+                    tracing::error!("while undoing a partial start: {undo:#}");
+                }
+            }
+        }
+        return Err(e);
+    }
+    drop(reusable);
+    let inodes: Vec<u64> = serving.lives.keys().map(|(inode, _)| *inode).collect();
+    crate::redirect::remove_unused(&options.bpffs, &inodes)?;
+
     let background = [
         tokio::spawn(crate::http_admin::serve(
             http,
@@ -148,71 +226,273 @@ pub async fn run(
             admin_running,
         )),
     ];
-    let connections = Arc::new(terminator::Connections::default());
-    let mut accept_loops = Vec::new();
-    let mut ports = 0;
-    for plan in plans {
-        for planned in plan.planned {
-            ports += usize::from(planned.port.is_some());
-            tracing::info!(listener = %planned.label, "serving");
-            accept_loops.push(tokio::spawn(terminator::serve(
-                planned.listener,
-                planned.service,
-                Arc::clone(&connections),
-                accepting.clone(),
-            )));
-        }
+    if let Some(taken) = taken {
+        taken
+            .serving()
+            .context("cannot tell the previous postern that this one serves")?;
+        tracing::info!("took over: the previous postern stops accepting and drains");
     }
     tracing::info!(
-        ports,
+        ports = serving
+            .lives
+            .keys()
+            .filter(|(_, l)| !l.ends_with(":*"))
+            .count(),
         workloads = table.workloads.len(),
-        namespaces,
+        namespaces = state.steering().len(),
         "postern is ready"
     );
 
-    shutdown.await;
-    drain(
-        &state,
-        stop_accepting,
-        accept_loops,
-        &connections,
-        options.drain_timeout,
-    )
-    .await;
-    let _ = stop_admin.send(true);
-    for task in background {
-        let _ = task.await;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+    let mut handing: Option<oneshot::Receiver<std::io::Result<()>>> = None;
+    tokio::pin!(shutdown);
+    let ending = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ending::Shutdown,
+            // Once a newer postern has the kernel state, this one leaves it alone.
+            _ = hangup.recv(), if handing.is_none() => {
+                fingerprint = crate::config::fingerprint(&options.config);
+                serving.reload("SIGHUP", &state, options);
+            }
+            _ = tick.tick(), if options.watch_config && handing.is_none() => {
+                let paths = options.config.clone();
+                let now = tokio::task::spawn_blocking(move || crate::config::fingerprint(&paths))
+                    .await
+                    .unwrap_or(fingerprint);
+                if now != fingerprint {
+                    fingerprint = now;
+                    serving.reload("configuration files changed", &state, options);
+                }
+            }
+            Some(stream) = takeover_requests.recv(), if handing.is_none() => {
+                handing = Some(serving.hand_over(stream, &state));
+            }
+            given = async { handing.as_mut().expect("guarded").await }, if handing.is_some() => {
+                handing = None;
+                match given {
+                    Ok(Ok(())) => break Ending::HandedOver,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "takeover abandoned; serving on"),
+                    Err(_) => tracing::warn!("takeover abandoned; serving on"),
+                }
+            }
+        }
+    };
+
+    match ending {
+        Ending::Shutdown => {
+            serving.drain(&state, options.drain_timeout).await;
+            let _ = stop_admin.send(true);
+            for task in background {
+                let _ = task.await;
+            }
+            tracing::info!("detaching from every network namespace");
+            detach_all(state.take_steering())
+        }
+        Ending::HandedOver => {
+            // The admin endpoints belong to the new postern now: stop answering at once, or
+            // a probe reaching this one would see it draining.
+            let _ = stop_admin.send(true);
+            for task in background {
+                let _ = task.await;
+            }
+            serving.drain(&state, options.drain_timeout).await;
+            // The new postern adopted the pinned link and maps: leave them be.
+            drop(state.take_steering());
+            tracing::info!("handed over; exiting without detaching");
+            Ok(())
+        }
     }
-    tracing::info!("detaching from every network namespace");
-    detach_all(state.take_steering())
 }
 
-/// Readiness turns false, the listeners close (the still-attached kernel program then resets
-/// new connections: fail closed, and clients retry elsewhere), and the connections in progress
-/// get up to `deadline` to finish. Those left after it are closed when the runtime stops.
-async fn drain(
-    state: &crate::admin::AdminState,
-    stop_accepting: watch::Sender<bool>,
-    accept_loops: Vec<tokio::task::JoinHandle<()>>,
-    connections: &terminator::Connections,
-    deadline: Duration,
-) {
-    state.start_draining();
-    tracing::info!(
-        connections = connections.active(),
-        deadline = ?deadline,
-        "draining: not ready, new connections are reset, established ones may finish"
-    );
-    let _ = stop_accepting.send(true);
-    for task in accept_loops {
-        let _ = task.await;
+/// A listening socket received from the previous postern.
+fn tcp_listener(fd: OwnedFd) -> anyhow::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// The admin HTTP listener: the previous postern's, if it is on the requested address (or the
+/// requested port is 0), else a new one.
+async fn admin_listener(
+    inherited: Option<TcpListener>,
+    address: SocketAddr,
+) -> anyhow::Result<TcpListener> {
+    if let Some(listener) = inherited {
+        let local = listener.local_addr()?;
+        if local == address || (address.port() == 0 && local.ip() == address.ip()) {
+            return Ok(listener);
+        }
     }
-    match tokio::time::timeout(deadline, connections.all_closed()).await {
-        Ok(()) => tracing::info!("drained: every connection finished"),
-        Err(_) => tracing::warn!(
-            connections = connections.active(),
-            "drain deadline passed; closing the connections left"
-        ),
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {address}"))
+}
+
+impl Serving {
+    /// Makes `plan` what is served: the kernel side first (new listeners steered, removed
+    /// ones unsteered), then the accept loops (new policies for kept listeners, new loops for
+    /// new ones, removed ones stopped after a short linger).
+    fn apply(
+        &mut self,
+        plan: Plan,
+        table: &PolicyTable,
+        state: &crate::admin::AdminState,
+        options: &RunOptions,
+    ) -> anyhow::Result<()> {
+        steer(&plan, state, options)?;
+        let mut wanted = BTreeMap::new();
+        for netns_plan in plan.namespaces {
+            let inode = netns_plan.netns.inode();
+            for planned in netns_plan.planned {
+                wanted.insert((inode, planned.label.clone()), planned);
+            }
+        }
+        let removed: Vec<Key> = self
+            .lives
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in removed {
+            let live = self.lives.remove(&key).expect("listed");
+            tracing::info!(listener = %key.1, "no longer configured: unsteered; established connections continue");
+            tokio::spawn(async move {
+                tokio::time::sleep(REMOVED_LISTENER_LINGER).await;
+                let _ = live.stop.send(true);
+                let _ = live.task.await;
+            });
+        }
+        for (key, planned) in wanted {
+            match self.lives.get(&key) {
+                Some(live) => {
+                    live.service.send_replace(planned.service);
+                }
+                None => {
+                    tracing::info!(listener = %planned.label, "serving");
+                    let (service, services) = watch::channel(planned.service);
+                    let (stop, stopped) = watch::channel(false);
+                    let metrics = Arc::clone(&service.borrow().metrics);
+                    let task = tokio::spawn(terminator::serve(
+                        Arc::clone(&planned.listener),
+                        services,
+                        Arc::clone(&self.connections),
+                        stopped,
+                    ));
+                    let live = Live {
+                        listener: planned.listener,
+                        metrics,
+                        service,
+                        stop,
+                        task,
+                    };
+                    self.lives.insert(key, live);
+                }
+            }
+        }
+        state.serve_generation(table, plan.sources, plan.metrics);
+        Ok(())
+    }
+
+    /// Reads the configuration again and applies what changed; if anything is wrong, nothing
+    /// changes, and the error is logged and kept for `/config_dump`, `/readyz` and metrics.
+    fn reload(&mut self, trigger: &str, state: &crate::admin::AdminState, options: &RunOptions) {
+        let result = crate::config::load(&options.config, &options.load)
+            .map_err(anyhow::Error::from)
+            .and_then(|table| {
+                let plan = plan(&table, options.timeouts, &self.reusable())?;
+                self.apply(plan, &table, state, options)?;
+                Ok(table)
+            });
+        match result {
+            Ok(table) => {
+                for warning in &table.warnings {
+                    tracing::warn!("{warning}");
+                }
+                let generation = state.reloaded(Ok(()));
+                tracing::info!(trigger, generation, "configuration reloaded");
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                state.reloaded(Err(error.clone()));
+                tracing::error!(trigger, error = %error, "configuration reload failed; the previous configuration keeps serving");
+            }
+        }
+    }
+
+    /// The listeners and metrics a new plan may keep.
+    fn reusable(&self) -> Reusable {
+        Reusable {
+            listeners: self
+                .lives
+                .iter()
+                .map(|(key, live)| (key.clone(), Arc::clone(&live.listener)))
+                .collect(),
+            metrics: self
+                .lives
+                .iter()
+                .map(|(key, live)| (key.clone(), Arc::clone(&live.metrics)))
+                .collect(),
+        }
+    }
+
+    /// Sends every listener (and the admin HTTP endpoint's) to a newer postern, on a thread
+    /// of its own; the answer says whether it serves now.
+    fn hand_over(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        state: &crate::admin::AdminState,
+    ) -> oneshot::Receiver<std::io::Result<()>> {
+        let (done, answer) = oneshot::channel();
+        let mut fds: Vec<(Key, OwnedFd)> = Vec::new();
+        let mut duplicate = |key: Key, fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned().map(|fd| fds.push((key, fd)))
+        };
+        let collected = self
+            .lives
+            .iter()
+            .try_for_each(|(key, live)| duplicate(key.clone(), live.listener.as_fd()))
+            .and_then(|()| match state.admin_http_fd() {
+                Some(fd) => duplicate((0, handover::ADMIN_HTTP.to_string()), fd.as_fd()),
+                None => Ok(()),
+            });
+        tracing::info!(listeners = fds.len(), "a newer postern asks to take over");
+        tokio::task::spawn_blocking(move || {
+            let result = collected.and_then(|()| {
+                let borrowed: Vec<(Key, std::os::fd::BorrowedFd<'_>)> = fds
+                    .iter()
+                    .map(|(key, fd)| (key.clone(), fd.as_fd()))
+                    .collect();
+                handover::give(stream, &borrowed)
+            });
+            let _ = done.send(result);
+        });
+        answer
+    }
+
+    /// Readiness turns false, the accept loops stop and the listeners close (unless a newer
+    /// postern holds them too; else the still-attached kernel program resets new connections:
+    /// fail closed, and clients retry elsewhere), and the connections in progress get up to
+    /// `deadline` to finish. Those left after it are closed when the runtime stops.
+    async fn drain(self, state: &crate::admin::AdminState, deadline: Duration) {
+        state.start_draining();
+        tracing::info!(
+            connections = self.connections.active(),
+            deadline = ?deadline,
+            "draining: not ready, new connections are reset, established ones may finish"
+        );
+        for live in self.lives.into_values() {
+            let _ = live.stop.send(true);
+            let _ = live.task.await;
+        }
+        match tokio::time::timeout(deadline, self.connections.all_closed()).await {
+            Ok(()) => tracing::info!("drained: every connection finished"),
+            Err(_) => tracing::warn!(
+                connections = self.connections.active(),
+                "drain deadline passed; closing the connections left"
+            ),
+        }
     }
 }
 
@@ -241,8 +521,8 @@ async fn follow_files(
     }
 }
 
-/// Loads TLS material and creates every listener, per network namespace.
-fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
+/// Loads TLS material and creates every listener not in `reusable`, per network namespace.
+fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow::Result<Plan> {
     let mut by_netns: BTreeMap<&NetnsRef, Vec<&WorkloadPolicy>> = BTreeMap::new();
     for workload in &table.workloads {
         by_netns.entry(&workload.netns).or_default().push(workload);
@@ -252,13 +532,18 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
     let mut metrics = Vec::new();
     for (reference, workloads) in by_netns {
         let netns = Arc::new(Netns::open(reference)?);
+        let planner = Planner {
+            netns: &netns,
+            timeouts,
+            reusable,
+        };
         let mut planned = Vec::new();
         for workload in workloads {
             for port in &workload.ports {
-                planned.push(plan_port(workload, port, &netns, timeouts, &mut sources)?);
+                planned.push(planner.port(workload, port, &mut sources)?);
             }
             if workload.other_ports == MtlsMode::Strict {
-                planned.push(plan_other_ports(workload, &netns, timeouts)?);
+                planned.push(planner.other_ports(workload)?);
             }
         }
         metrics.extend(planned.iter().map(|p| Arc::clone(&p.service.metrics)));
@@ -273,76 +558,92 @@ fn plan(table: &PolicyTable, timeouts: Timeouts) -> anyhow::Result<Plan> {
     })
 }
 
-fn plan_port(
-    workload: &WorkloadPolicy,
-    port: &PortPolicy,
-    netns: &Arc<Netns>,
+/// Plans the listeners of one network namespace.
+struct Planner<'a> {
+    netns: &'a Arc<Netns>,
     timeouts: Timeouts,
-    sources: &mut Vec<Arc<TlsSource>>,
-) -> anyhow::Result<Planned> {
-    let label = format!("{}:{}", workload.id(), port.port);
-    let action = match &port.action {
-        PortAction::Tls(settings) => {
-            let source = TlsSource::load(settings, port.protocol.alpn(), vec![label.clone()])
-                .with_context(|| format!("{label}: {} TLS", settings.mode))?;
-            let source = Arc::new(source);
-            sources.push(Arc::clone(&source));
-            Action::Tls(source)
-        }
-        PortAction::Plaintext => Action::Plaintext,
-        PortAction::MeshStrict => Action::Reset(STRICT_WITHOUT_IDENTITY),
-        PortAction::Permissive => Action::Permissive(PERMISSIVE_TLS_WITHOUT_IDENTITY),
-    };
-    let destinations = match port.bind {
-        Some(bind) => vec![Some(bind)],
-        None => workload_destinations(workload),
-    };
-    Ok(Planned {
-        port: Some(port.port),
-        destinations,
-        intercept_loopback: true,
-        listener: listener(netns, &label)?,
-        service: Arc::new(PortService {
-            workload: workload.id(),
-            action,
-            endpoint: Some(port.endpoint.clone()),
-            netns: Arc::clone(netns),
-            timeouts,
-            limits: port.limits,
-            metrics: Arc::new(PortMetrics::new(
-                &workload.namespace,
-                &workload.name,
-                Some(port.port),
-            )),
-        }),
-        label,
-    })
+    reusable: &'a Reusable,
 }
 
-/// STRICT covers every port, not only the configured ones, as Istio captures every inbound
-/// port: the rest are reset until mesh identities exist.
-fn plan_other_ports(
-    workload: &WorkloadPolicy,
-    netns: &Arc<Netns>,
-    timeouts: Timeouts,
-) -> anyhow::Result<Planned> {
-    let label = format!("{}:*", workload.id());
-    Ok(Planned {
-        port: None,
-        destinations: workload_destinations(workload),
-        intercept_loopback: false,
-        listener: listener(netns, &label)?,
-        service: Arc::new(PortService {
+impl Planner<'_> {
+    fn port(
+        &self,
+        workload: &WorkloadPolicy,
+        port: &PortPolicy,
+        sources: &mut Vec<Arc<TlsSource>>,
+    ) -> anyhow::Result<Planned> {
+        let label = format!("{}:{}", workload.id(), port.port);
+        let action = match &port.action {
+            PortAction::Tls(settings) => {
+                let source = TlsSource::load(settings, port.protocol.alpn(), vec![label.clone()])
+                    .with_context(|| format!("{label}: {} TLS", settings.mode))?;
+                let source = Arc::new(source);
+                sources.push(Arc::clone(&source));
+                Action::Tls(source)
+            }
+            PortAction::Plaintext => Action::Plaintext,
+            PortAction::MeshStrict => Action::Reset(STRICT_WITHOUT_IDENTITY),
+            PortAction::Permissive => Action::Permissive(PERMISSIVE_TLS_WITHOUT_IDENTITY),
+        };
+        let destinations = match port.bind {
+            Some(bind) => vec![Some(bind)],
+            None => workload_destinations(workload),
+        };
+        self.planned(workload, Some(port.port), label, destinations, |metrics| {
+            PortService {
+                workload: workload.id(),
+                action,
+                endpoint: Some(port.endpoint.clone()),
+                netns: Arc::clone(self.netns),
+                timeouts: self.timeouts,
+                limits: port.limits,
+                metrics,
+            }
+        })
+    }
+
+    /// STRICT covers every port, not only the configured ones, as Istio captures every
+    /// inbound port: the rest are reset until mesh identities exist.
+    fn other_ports(&self, workload: &WorkloadPolicy) -> anyhow::Result<Planned> {
+        let label = format!("{}:*", workload.id());
+        let destinations = workload_destinations(workload);
+        self.planned(workload, None, label, destinations, |metrics| PortService {
             workload: workload.id(),
             action: Action::Reset(STRICT_WITHOUT_IDENTITY),
             endpoint: None,
-            netns: Arc::clone(netns),
-            timeouts,
+            netns: Arc::clone(self.netns),
+            timeouts: self.timeouts,
             limits: ConnectionLimits::default(),
-            metrics: Arc::new(PortMetrics::new(&workload.namespace, &workload.name, None)),
-        }),
-        label,
-    })
+            metrics,
+        })
+    }
+
+    /// The listener (kept, or new) and service for `label`; metrics are kept with the listener.
+    fn planned(
+        &self,
+        workload: &WorkloadPolicy,
+        port: Option<u16>,
+        label: String,
+        destinations: Vec<Option<IpAddr>>,
+        service: impl FnOnce(Arc<PortMetrics>) -> PortService,
+    ) -> anyhow::Result<Planned> {
+        let key = (self.netns.inode(), label);
+        let listener = match self.reusable.listeners.get(&key) {
+            Some(listener) => Arc::clone(listener),
+            None => Arc::new(listener(self.netns, &key.1)?),
+        };
+        let metrics = self.reusable.metrics.get(&key).cloned().unwrap_or_else(|| {
+            Arc::new(PortMetrics::new(&workload.namespace, &workload.name, port))
+        });
+        Ok(Planned {
+            label: key.1,
+            port,
+            destinations,
+            intercept_loopback: port.is_some(),
+            listener,
+            service: Arc::new(service(metrics)),
+        })
+    }
 }
 
 fn workload_destinations(workload: &WorkloadPolicy) -> Vec<Option<IpAddr>> {
@@ -407,14 +708,25 @@ impl Attached {
     }
 }
 
-fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<Attached>> {
-    let mut attached = Vec::new();
-    for plan in plans {
+/// Brings the kernel side in step with `plan`: each namespace's rules installed (the program
+/// attached, or adopted, where this postern had none yet), and namespaces no longer in the
+/// plan detached. On an error, the namespaces keep the steering they had (those already
+/// changed keep their new rules).
+fn steer(
+    plan: &Plan,
+    state: &crate::admin::AdminState,
+    options: &RunOptions,
+) -> anyhow::Result<()> {
+    let mut steering = state.steering();
+    let mut before = std::mem::take(&mut *steering);
+    let mut after = Vec::new();
+    for netns_plan in &plan.namespaces {
         let mut rules = Vec::new();
         let mut labelled = Vec::new();
-        for planned in &plan.planned {
+        for planned in &netns_plan.planned {
             for destination in &planned.destinations {
                 rules.push(SteeringRule {
+                    label: &planned.label,
                     port: planned.port,
                     destination: *destination,
                     intercept_loopback: planned.intercept_loopback,
@@ -423,20 +735,38 @@ fn attach_all(plans: &[NetnsPlan], options: &RunOptions) -> anyhow::Result<Vec<A
                 labelled.push((Arc::clone(&planned.service.metrics), *destination));
             }
         }
-        match Steering::attach(&plan.netns, &options.bpffs, &rules) {
-            Ok(steering) => attached.push(Attached {
-                steering,
-                rules: labelled,
-            }),
-            Err(e) => {
-                if let Err(undo) = detach_all(attached) {
-                    tracing::error!("while undoing a partial start: {undo:#}");
-                }
-                return Err(e.into());
+        let inode = netns_plan.netns.inode();
+        let result = match before.iter().position(|a| a.steering.inode() == inode) {
+            Some(index) => {
+                let mut attached = before.swap_remove(index);
+                let installed = attached.steering.install(&rules);
+                attached.rules = labelled;
+                after.push(attached);
+                installed
             }
+            None => Steering::attach(&netns_plan.netns, &options.bpffs, &rules).map(|steering| {
+                after.push(Attached {
+                    steering,
+                    rules: labelled,
+                })
+            }),
+        };
+        if let Err(e) = result {
+            before.extend(after);
+            *steering = before;
+            return Err(e.into());
         }
     }
-    Ok(attached)
+    *steering = after;
+    drop(steering);
+    if !before.is_empty() {
+        tracing::info!(
+            namespaces = before.len(),
+            "detaching from network namespaces no longer configured"
+        );
+        detach_all(before)?;
+    }
+    Ok(())
 }
 
 /// Logs what the kernel steered, then detaches. Tries every namespace even if one fails.

@@ -81,7 +81,14 @@ fn respond(request_line: &str, state: &AdminState) -> (&'static str, &'static st
     match path.split('?').next().unwrap_or("") {
         "/healthz" => ("200 OK", TEXT, "ok\n".to_string()),
         "/readyz" => match state.readiness() {
-            Ok(()) => ("200 OK", TEXT, "ready\n".to_string()),
+            Ok(()) => {
+                let warning = state.reload_warning().map(|w| format!("warning: {w}\n"));
+                (
+                    "200 OK",
+                    TEXT,
+                    format!("ready\n{}", warning.unwrap_or_default()),
+                )
+            }
             Err(reasons) => (
                 "503 Service Unavailable",
                 TEXT,

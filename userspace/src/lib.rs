@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod handover;
 pub mod http_admin;
 pub mod metrics;
 pub mod netns;

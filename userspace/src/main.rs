@@ -24,6 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Intercept the configured ports and serve them until SIGINT or SIGTERM, then detach.
+    /// SIGHUP, or a change of the configuration files, reloads the configuration.
     Run(RunArgs),
     /// Validate the configuration (YAML and TLS files) and print the effective policy table.
     Check(ConfigArgs),
@@ -111,6 +112,15 @@ struct RunArgs {
     detect_timeout: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Take over from the postern answering on --admin-socket, if one does: receive its
+    /// listening sockets and pinned kernel state, serve, then let it drain and exit. No
+    /// connection is refused or reset. Without a running postern, start as usual.
+    #[arg(long)]
+    takeover: bool,
+    /// Reload the configuration on SIGHUP only; by default a change of the configuration
+    /// files (looked at every second) reloads it too.
+    #[arg(long)]
+    no_watch_config: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,11 +148,14 @@ fn main() -> ExitCode {
 }
 
 fn load(args: &ConfigArgs) -> anyhow::Result<PolicyTable> {
-    let options = LoadOptions {
+    Ok(config::load(&args.config, &load_options(args))?)
+}
+
+fn load_options(args: &ConfigArgs) -> LoadOptions {
+    LoadOptions {
         default_namespace: args.namespace.clone(),
         root_namespace: args.root_namespace.clone(),
-    };
-    Ok(config::load(&args.config, &options)?)
+    }
 }
 
 fn check(args: &ConfigArgs) -> anyhow::Result<()> {
@@ -168,8 +181,11 @@ fn check(args: &ConfigArgs) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let set_log_filter = init_logging(args.log_format);
-    let table = load(&args.config)?;
     let options = RunOptions {
+        load: load_options(&args.config),
+        config: args.config.config,
+        takeover: args.takeover,
+        watch_config: !args.no_watch_config,
         bpffs: args.bpffs,
         admin_socket: args.admin_socket,
         admin_address: args.admin_address,
@@ -190,7 +206,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let process = daemon::Process {
             set_log_filter: Some(set_log_filter),
         };
-        daemon::run(&table, &options, process, shutdown).await
+        daemon::run(&options, process, shutdown).await
     })
 }
 
@@ -219,7 +235,8 @@ fn log_level(args: &LogLevelArgs) -> anyhow::Result<()> {
 fn ready(args: &AdminArgs) -> anyhow::Result<()> {
     let reply = postern::admin::request(&args.admin_socket, "ready")?;
     println!("{reply}");
-    if reply == "ready" {
+    // A warning may follow on the next lines (a failed configuration reload): still ready.
+    if reply.lines().next() == Some("ready") {
         Ok(())
     } else {
         anyhow::bail!("the daemon is not ready")

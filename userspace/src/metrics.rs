@@ -298,6 +298,80 @@ pub fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Configuration reloads: how many, how they went, and what serves now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// 1 for the configuration read at start, one more for each successful reload.
+    pub generation: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// When the configuration now serving was read (seconds since the epoch).
+    pub loaded_unix: u64,
+    /// Why the last reload failed, until one succeeds.
+    pub last_error: Option<String>,
+    pub last_failure_unix: Option<u64>,
+}
+
+impl ReloadStatus {
+    /// Generation 1, read now.
+    pub fn started() -> ReloadStatus {
+        ReloadStatus {
+            generation: 1,
+            loaded_unix: unix_now(),
+            ..ReloadStatus::default()
+        }
+    }
+
+    pub fn record(&mut self, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.generation += 1;
+                self.successes += 1;
+                self.loaded_unix = unix_now();
+                self.last_error = None;
+            }
+            Err(error) => {
+                self.failures += 1;
+                self.last_error = Some(error);
+                self.last_failure_unix = Some(unix_now());
+            }
+        }
+    }
+
+    /// The reload families, in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = write!(
+            out,
+            "# HELP postern_config_reloads_total Configuration reloads (SIGHUP or changed files), by result.\n\
+             # TYPE postern_config_reloads_total counter\n\
+             postern_config_reloads_total{{result=\"success\"}} {}\n\
+             postern_config_reloads_total{{result=\"failure\"}} {}\n\
+             # HELP postern_config_generation The configuration serving: 1 at start, one more per successful reload.\n\
+             # TYPE postern_config_generation gauge\n\
+             postern_config_generation {}\n\
+             # HELP postern_config_last_reload_success_timestamp_seconds When the configuration serving was read.\n\
+             # TYPE postern_config_last_reload_success_timestamp_seconds gauge\n\
+             postern_config_last_reload_success_timestamp_seconds {}\n\
+             # HELP postern_config_last_reload_successful 0 while the last reload failed (the previous configuration serves), else 1.\n\
+             # TYPE postern_config_last_reload_successful gauge\n\
+             postern_config_last_reload_successful {}\n",
+            self.successes,
+            self.failures,
+            self.generation,
+            self.loaded_unix,
+            u8::from(self.last_error.is_none()),
+        );
+        out
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

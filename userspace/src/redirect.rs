@@ -4,9 +4,12 @@
 //! The attachment is pinned so that it outlives postern: if postern dies, its listeners close,
 //! their SOCKMAP entries vanish, and the still-attached program drops every connection to an
 //! intercepted port (the client sees a reset) instead of letting it reach the app in clear.
-//! A clean shutdown unpins it, which detaches it.
+//! A clean shutdown unpins it, which detaches it. The maps are pinned too, so that the next
+//! postern (after a handover, or a crash) adopts them and switches each rule to its own
+//! listeners in place, with no moment where the namespace has no program.
 //!
-//! Layout in bpffs: `<root>/netns-<inode>/link`, one directory per network namespace.
+//! Layout in bpffs: `<root>/netns-<inode>/{link,rules,listeners,counters}`, one directory per
+//! network namespace.
 
 use std::fs::{self, File};
 use std::io;
@@ -15,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{LpmTrie, MapData, PerCpuArray, PerCpuValues, SockMap};
+use aya::maps::{LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, SockMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::SkLookup;
 use aya::Ebpf;
@@ -114,6 +117,9 @@ fn kernel_needs() -> [(&'static str, Probe); 5] {
 /// Which connections one rule covers, and the listener that receives them.
 #[derive(Debug)]
 pub struct SteeringRule<'a> {
+    /// The listener's label (`namespace/name:port`): a rule whose key and label are unchanged
+    /// across [`Steering::install`] calls keeps its slot and its counters.
+    pub label: &'a str,
     /// A port, or `None` for every port that has no rule of its own.
     pub port: Option<u16>,
     /// Only connections to this destination address; `None` for every address.
@@ -131,29 +137,86 @@ pub struct Counters {
     pub dropped: u64,
 }
 
+/// The maps of one namespace's program, pinned next to its link.
+struct Maps {
+    rules: LpmTrie<MapData, RuleKey, Rule>,
+    listeners: SockMap<MapData>,
+    counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+/// File names of the pinned maps, in `<root>/netns-<inode>/`.
+const MAP_PINS: [&str; 3] = ["rules", "listeners", "counters"];
+
+/// One rule in the kernel's table: its key, the label of its listener (empty for rules found
+/// pinned, whose listener is unknown), and the slot of its listener and counters.
+#[derive(Clone, PartialEq, Eq)]
+struct Installed {
+    key: (u32, RuleKey),
+    label: String,
+    slot: u32,
+}
+
+/// One namespace's rules: the maps, and what is in them.
+struct Table {
+    netns: String,
+    maps: Maps,
+    /// The rules in the kernel, in the order of the last `install`.
+    installed: Vec<Installed>,
+}
+
 /// The `sk_lookup` program attached to one network namespace.
 pub struct Steering {
-    netns: String,
+    inode: u64,
     dir: PathBuf,
     link: PinnedLink,
-    counters: PerCpuArray<MapData, RuleCounters>,
-    /// Keeps the program and maps loaded for as long as this value lives.
-    _ebpf: Ebpf,
+    table: Table,
+    /// Keeps the program loaded by this process (none when adopted) for as long as this lives.
+    ebpf: Option<Ebpf>,
 }
 
 impl Steering {
-    /// Loads the program, installs `rules`, attaches it to `netns` and pins the attachment
-    /// under `root`. Rules and listeners are in the maps before the program is attached, so
-    /// there is no moment where an intercepted port is served by nothing.
+    /// Serves `rules` in `netns` and pins the kernel state under `root`.
     ///
-    /// A pinned attachment left by a postern that died is replaced: the new one is attached
-    /// first, then the old one is detached, so the namespace is never unprotected.
+    /// State pinned by an earlier postern (one that handed over, or died) is adopted: the
+    /// attached program stays, the listeners go into free slots, then each rule is switched
+    /// over to them, then the rules and slots left over are removed. A lookup sees either the
+    /// old rule or the new one, never none, so there is no gap; while a slot is empty (its
+    /// postern died) the program drops, so ports fail closed until then.
+    ///
+    /// Otherwise the program is loaded and its maps filled before it is attached, so there is no
+    /// moment where an intercepted port is served by nothing. A pinned link without pinned maps
+    /// (an older layout) is replaced: the new program is attached first, then the old one
+    /// detached; when both are attached, a drop from either wins.
     pub fn attach(
         netns: &Netns,
         root: &Path,
         rules: &[SteeringRule<'_>],
     ) -> Result<Steering, RedirectError> {
         let name = netns.reference().to_string();
+        let dir = prepare_pin_dir(root, netns.inode())?;
+        let link_path = dir.join("link");
+        match adopt(&dir) {
+            Ok(Some((link, maps, installed))) => {
+                let mut table = Table {
+                    netns: name,
+                    maps,
+                    installed,
+                };
+                table.install(rules)?;
+                tracing::info!(netns = %table.netns, pin = %link_path.display(), "adopted the pinned sk_lookup program and maps");
+                return Ok(Steering {
+                    inode: netns.inode(),
+                    dir,
+                    link,
+                    table,
+                    ebpf: None,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(netns = %name, error = %e, "cannot adopt the pinned state; replacing it")
+            }
+        }
         let ebpf_error = |what: &'static str| {
             let netns = name.clone();
             move |source: BoxError| RedirectError::Ebpf {
@@ -162,39 +225,62 @@ impl Steering {
                 source,
             }
         };
-        if rules.len() > MAX_RULES as usize {
-            return Err(RedirectError::TooManyRules {
-                netns: name,
-                count: rules.len(),
-            });
-        }
-        let dir = prepare_pin_dir(root, netns.inode())?;
-        let link_path = dir.join("link");
         let stale = adopt_stale_link(&link_path)?;
-
-        let (mut ebpf, counters) =
-            load_with_rules(rules).map_err(ebpf_error("loading the sk_lookup program"))?;
+        remove_map_pins(&dir)?;
         let netns_fd = netns.fd().map_err(|source| RedirectError::Io {
             what: "cannot open network namespace",
             path: PathBuf::from(&name),
             source,
         })?;
-        let link = attach_and_pin(&mut ebpf, &netns_fd, &link_path)
-            .map_err(ebpf_error("attaching sk_lookup"))?;
+        let loaded = load(&dir).map_err(ebpf_error("loading the sk_lookup program"));
+        let attached = loaded.and_then(|(mut ebpf, maps)| {
+            let mut table = Table {
+                netns: name.clone(),
+                maps,
+                installed: Vec::new(),
+            };
+            table.install(rules)?;
+            let link = attach_and_pin(&mut ebpf, &netns_fd, &link_path)
+                .map_err(ebpf_error("attaching sk_lookup"))?;
+            Ok((ebpf, table, link))
+        });
+        let (ebpf, table, link) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                remove_map_pins(&dir)?;
+                return Err(e);
+            }
+        };
         // Only now, with the new program attached, let the old one go.
         drop(stale);
         Ok(Steering {
-            netns: name,
+            inode: netns.inode(),
             dir,
             link,
-            counters,
-            _ebpf: ebpf,
+            table,
+            ebpf: Some(ebpf),
         })
+    }
+
+    /// Makes `rules` the namespace's rules; see [`Table::install`].
+    pub fn install(&mut self, rules: &[SteeringRule<'_>]) -> Result<(), RedirectError> {
+        self.table.install(rules)
     }
 
     /// The network namespace, as configured.
     pub fn netns(&self) -> &str {
-        &self.netns
+        &self.table.netns
+    }
+
+    /// The network namespace's inode.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Whether this process found the program attached (pinned by an earlier postern) rather
+    /// than attaching it.
+    pub fn adopted(&self) -> bool {
+        self.ebpf.is_none()
     }
 
     /// Where the attachment is pinned.
@@ -202,11 +288,19 @@ impl Steering {
         self.dir.join("link")
     }
 
-    /// The counters of rule `index` (the position in the `rules` given to `attach`).
+    /// The counters of rule `index` (the position in the `rules` given to the last `install`).
     pub fn counters(&self, index: usize) -> io::Result<Counters> {
+        let slot = self
+            .table
+            .installed
+            .get(index)
+            .ok_or_else(|| io::Error::other(format!("no rule {index}")))?
+            .slot;
         let values: PerCpuValues<RuleCounters> = self
+            .table
+            .maps
             .counters
-            .get(&(index as u32), 0)
+            .get(&slot, 0)
             .map_err(io::Error::other)?;
         Ok(values.iter().fold(Counters::default(), |sum, c| Counters {
             steered: sum.steered + c.steered,
@@ -217,7 +311,7 @@ impl Steering {
     /// Unpins and detaches the program: the namespace's ports are no longer intercepted.
     pub fn detach(self) -> Result<(), RedirectError> {
         let Steering {
-            netns, dir, link, ..
+            table, dir, link, ..
         } = self;
         let fd_link = link.unpin().map_err(|source| RedirectError::Io {
             what: "cannot unpin",
@@ -225,14 +319,158 @@ impl Steering {
             source,
         })?;
         drop(fd_link);
+        remove_map_pins(&dir)?;
         fs::remove_dir(&dir).map_err(|source| RedirectError::Io {
             what: "cannot remove",
             path: dir.clone(),
             source,
         })?;
-        tracing::debug!(%netns, "detached sk_lookup");
+        tracing::debug!(netns = %table.netns, "detached sk_lookup");
         Ok(())
     }
+}
+
+impl Table {
+    /// Makes `rules` the namespace's rules, changing only what differs: a rule with the same
+    /// key and label keeps its slot (and counters); a new one gets a free slot, filled before
+    /// the rule points at it; rules no longer wanted are removed before their slots are
+    /// emptied. Each map update is atomic, so every lookup finds a listener throughout.
+    fn install(&mut self, rules: &[SteeringRule<'_>]) -> Result<(), RedirectError> {
+        let netns = self.netns.clone();
+        let map_error = move |what: &'static str| {
+            let netns = netns.clone();
+            move |e: MapError| RedirectError::Ebpf {
+                netns,
+                what,
+                source: Box::new(e),
+            }
+        };
+        let mut taken: Vec<u32> = self.installed.iter().map(|i| i.slot).collect();
+        let mut wanted: Vec<(Installed, u32)> = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let (prefix_len, addr) = destination_prefix(rule.destination);
+            let key = (
+                prefix_len,
+                RuleKey::new(rule.port.unwrap_or(ANY_PORT), addr),
+            );
+            let kept = self
+                .installed
+                .iter()
+                .find(|i| i.key == key && i.label == rule.label);
+            let slot = match kept {
+                Some(kept) => kept.slot,
+                None => {
+                    let slot = (0..MAX_RULES).find(|s| !taken.contains(s)).ok_or_else(|| {
+                        RedirectError::TooManyRules {
+                            netns: self.netns.clone(),
+                            count: taken.len() + 1,
+                        }
+                    })?;
+                    taken.push(slot);
+                    slot
+                }
+            };
+            let flags = if rule.intercept_loopback {
+                RULE_FLAG_INTERCEPT_LOOPBACK
+            } else {
+                0
+            };
+            let label = rule.label.to_string();
+            wanted.push((Installed { key, label, slot }, flags));
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| RedirectError::Io {
+            what: "cannot count CPUs",
+            path: PathBuf::from(what),
+            source: e,
+        })?;
+        for ((installed, _), rule) in wanted.iter().zip(rules) {
+            if !self.installed.contains(installed) {
+                self.maps
+                    .listeners
+                    .set(installed.slot, &rule.listener.as_raw_fd(), 0)
+                    .map_err(map_error("filling LISTENERS"))?;
+                let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus]).map_err(
+                    |source| RedirectError::Io {
+                        what: "cannot size the counters",
+                        path: PathBuf::from(&self.netns),
+                        source,
+                    },
+                )?;
+                self.maps
+                    .counters
+                    .set(installed.slot, zeros, 0)
+                    .map_err(map_error("zeroing COUNTERS"))?;
+            }
+        }
+        for (installed, flags) in &wanted {
+            let (prefix_len, key) = installed.key;
+            let value = Rule {
+                listener: installed.slot,
+                counter: installed.slot,
+                flags: *flags,
+                pad: 0,
+            };
+            self.maps
+                .rules
+                .insert(&Key::new(prefix_len, key), value, 0)
+                .map_err(map_error("updating RULES"))?;
+        }
+        let next: Vec<Installed> = wanted.into_iter().map(|(i, _)| i).collect();
+        for old in &self.installed {
+            if !next.iter().any(|n| n.key == old.key) {
+                let (prefix_len, key) = old.key;
+                self.maps
+                    .rules
+                    .remove(&Key::new(prefix_len, key))
+                    .map_err(map_error("removing from RULES"))?;
+            }
+        }
+        for old in &self.installed {
+            if !next.iter().any(|n| n.slot == old.slot) {
+                // Already empty if its socket closed (its postern died): nothing to undo.
+                let _ = self.maps.listeners.clear_index(&old.slot);
+            }
+        }
+        self.installed = next;
+        Ok(())
+    }
+}
+
+/// Detaches and unpins the state of every namespace under `root` whose inode is not in `keep`:
+/// state left by an earlier postern for namespaces this one does not serve.
+pub fn remove_unused(root: &Path, keep: &[u64]) -> Result<(), RedirectError> {
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RedirectError::Io {
+                what: "cannot list",
+                path: root.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(inode) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("netns-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if keep.contains(&inode) {
+            continue;
+        }
+        // Unlinking the last reference to a pinned link detaches it.
+        fs::remove_dir_all(entry.path()).map_err(|source| RedirectError::Io {
+            what: "cannot remove stale state",
+            path: entry.path(),
+            source,
+        })?;
+        tracing::warn!(path = %entry.path().display(), "removed the kernel state of a namespace no longer configured");
+    }
+    Ok(())
 }
 
 /// Creates `<root>/netns-<inode>` on bpffs.
@@ -257,8 +495,54 @@ fn prepare_pin_dir(root: &Path, inode: u64) -> Result<PathBuf, RedirectError> {
     Ok(dir)
 }
 
-/// Takes over a link pinned by an earlier postern (which died without cleaning up): unpins it
-/// so the new one can be pinned at the same path, and keeps it attached until dropped.
+/// Opens the link and maps an earlier postern pinned in `dir`, and the rules in them; `None`
+/// if there is no complete set.
+fn adopt(dir: &Path) -> Result<Option<(PinnedLink, Maps, Vec<Installed>)>, BoxError> {
+    let link_path = dir.join("link");
+    if !link_path.exists() || MAP_PINS.iter().any(|name| !dir.join(name).exists()) {
+        return Ok(None);
+    }
+    let open = |name: &str| -> Result<Map, BoxError> {
+        Ok(Map::from_map_data(MapData::from_pin(dir.join(name))?)?)
+    };
+    let maps = Maps {
+        rules: open(MAP_PINS[0])?.try_into()?,
+        listeners: open(MAP_PINS[1])?.try_into()?,
+        counters: open(MAP_PINS[2])?.try_into()?,
+    };
+    let mut installed = Vec::new();
+    for entry in maps.rules.iter() {
+        let (key, rule) = entry?;
+        installed.push(Installed {
+            key: (key.prefix_len(), key.data()),
+            label: String::new(),
+            slot: rule.listener,
+        });
+    }
+    let link = PinnedLink::from_pin(&link_path)?;
+    Ok(Some((link, maps, installed)))
+}
+
+/// Removes the map pins in `dir`, if any.
+fn remove_map_pins(dir: &Path) -> Result<(), RedirectError> {
+    for name in MAP_PINS {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(RedirectError::Io {
+                    what: "cannot remove",
+                    path,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Takes over a link pinned by an earlier postern whose maps cannot be adopted: unpins it so
+/// the new one can be pinned at the same path, and keeps it attached until dropped.
 fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectError> {
     if !path.exists() {
         return Ok(None);
@@ -279,46 +563,22 @@ fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectError> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Loads the eBPF object and fills its maps: listeners first, then the rules that point at
-/// them.
-fn load_with_rules(
-    rules: &[SteeringRule<'_>],
-) -> Result<(Ebpf, PerCpuArray<MapData, RuleCounters>), BoxError> {
+/// Loads the eBPF object and pins its (empty) maps in `dir`.
+fn load(dir: &Path) -> Result<(Ebpf, Maps), BoxError> {
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
-    let mut listeners: SockMap<_> = ebpf
-        .map_mut("LISTENERS")
-        .ok_or("no LISTENERS map in the eBPF object")?
-        .try_into()?;
-    for (index, rule) in rules.iter().enumerate() {
-        listeners.set(index as u32, &rule.listener.as_raw_fd(), 0)?;
-    }
-    let mut table: LpmTrie<_, RuleKey, Rule> = ebpf
-        .map_mut("RULES")
-        .ok_or("no RULES map in the eBPF object")?
-        .try_into()?;
-    for (index, rule) in rules.iter().enumerate() {
-        let (prefix_len, addr) = destination_prefix(rule.destination);
-        let key = Key::new(
-            prefix_len,
-            RuleKey::new(rule.port.unwrap_or(ANY_PORT), addr),
-        );
-        let value = Rule {
-            listener: index as u32,
-            counter: index as u32,
-            flags: if rule.intercept_loopback {
-                RULE_FLAG_INTERCEPT_LOOPBACK
-            } else {
-                0
-            },
-            pad: 0,
-        };
-        table.insert(&key, value, 0)?;
-    }
-    let counters = ebpf
-        .take_map("COUNTERS")
-        .ok_or("no COUNTERS map in the eBPF object")?
-        .try_into()?;
-    Ok((ebpf, counters))
+    let mut take = |name: &str, pin: &str| -> Result<Map, BoxError> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| format!("no {name} map in the eBPF object"))?;
+        map.pin(dir.join(pin))?;
+        Ok(map)
+    };
+    let maps = Maps {
+        rules: take("RULES", MAP_PINS[0])?.try_into()?,
+        listeners: take("LISTENERS", MAP_PINS[1])?.try_into()?,
+        counters: take("COUNTERS", MAP_PINS[2])?.try_into()?,
+    };
+    Ok((ebpf, maps))
 }
 
 fn attach_and_pin(

@@ -147,11 +147,13 @@ fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts until `shutdown` turns true, then closes the listener; each connection runs on its
-/// own task, counted in `connections`, and is not affected by the shutdown.
+/// Accepts until `shutdown` turns true; each connection runs on its own task, counted in
+/// `connections`, and is not affected by the shutdown. Each connection gets the policy
+/// `service` holds when it is accepted, so a reload changes new connections only. The
+/// listener closes when its last holder drops it.
 pub async fn serve(
-    listener: TcpListener,
-    service: Arc<PortService>,
+    listener: Arc<TcpListener>,
+    mut service: watch::Receiver<Arc<PortService>>,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -164,6 +166,7 @@ pub async fn serve(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let service = Arc::clone(&service.borrow_and_update());
                     tracing::debug!(workload = %service.workload, %peer, "accepted");
                     // Counted here, before the task runs, so a burst cannot slip past the limit.
                     let admitted = service
@@ -172,7 +175,6 @@ pub async fn serve(
                         .is_none_or(|max| service.metrics.active() < u64::from(max));
                     service.metrics.opened();
                     let tracked = connections.track();
-                    let service = Arc::clone(&service);
                     tokio::spawn(async move {
                         handle(stream, peer, service, admitted).await;
                         drop(tracked);
@@ -180,7 +182,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     // Out of file descriptors or memory: back off rather than spin.
-                    tracing::error!(workload = %service.workload, error = %e, "accept failed");
+                    tracing::error!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -51,12 +51,28 @@ impl Default for LoadOptions {
 /// Reads every path (a file, or a directory whose `*.yaml` / `*.yml` files are read in name
 /// order), each a multi-document YAML stream, and resolves the effective policy.
 pub fn load(paths: &[PathBuf], options: &LoadOptions) -> Result<PolicyTable, ConfigError> {
+    let (sources, diagnostics) = read_paths(paths);
+    resolve_sources(&sources, options, diagnostics)
+}
+
+/// A digest of what [`load`] would read at `paths`: the names and contents of the files, read
+/// through the paths as given. It changes when any file changes, appears or goes, including
+/// when Kubernetes swaps a mounted ConfigMap's `..data` symlink.
+pub fn fingerprint(paths: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let (sources, _) = read_paths(paths);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    sources.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn read_paths(paths: &[PathBuf]) -> (Vec<(String, String)>, Diagnostics) {
     let mut diagnostics = Diagnostics::default();
     let mut sources = Vec::new();
     for path in paths {
         read_path(path, &mut sources, &mut diagnostics);
     }
-    resolve_sources(&sources, options, diagnostics)
+    (sources, diagnostics)
 }
 
 /// Same as [`load`], from in-memory `(display name, contents)` pairs.
@@ -192,6 +208,36 @@ spec: {networkNamespace: host}
                 .contains("bad.yaml: document 1: invalid YAML"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_fingerprint_follows_contents_through_a_symlink_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("..2026_first");
+        let second = dir.path().join("..2026_second");
+        fs::create_dir(&first).unwrap();
+        fs::create_dir(&second).unwrap();
+        fs::write(first.join("w.yaml"), WORKLOAD).unwrap();
+        fs::write(
+            second.join("w.yaml"),
+            WORKLOAD.replace("name: w", "name: v"),
+        )
+        .unwrap();
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink("..2026_first", &data).unwrap();
+        std::os::unix::fs::symlink("..data/w.yaml", dir.path().join("w.yaml")).unwrap();
+        let paths = [dir.path().to_owned()];
+        let before = fingerprint(&paths);
+        assert_eq!(
+            before,
+            fingerprint(&paths),
+            "unchanged files, same fingerprint"
+        );
+        // Kubernetes' atomic update: a new `..data` link renamed over the old one.
+        let next = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink("..2026_second", &next).unwrap();
+        fs::rename(&next, &data).unwrap();
+        assert_ne!(before, fingerprint(&paths));
     }
 
     #[test]
