@@ -9,7 +9,7 @@ use postern_testbed::{curl, seed_curl_args, SeedRequest, SeedTopology, Signal, T
 use crate::{postern_bin, start_drip, Running};
 
 /// Waits until the download has received its first bytes: the connection is established.
-fn wait_until_flowing(output: &Path) {
+pub(crate) fn wait_until_flowing(output: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::metadata(output).map(|m| m.len()).unwrap_or(0) == 0 {
         assert!(Instant::now() < deadline, "the download never started");

@@ -12,10 +12,12 @@ mod limits;
 mod logging;
 mod metrics;
 mod policies;
+mod reload;
 mod rotation;
 mod seed;
 mod server_tls;
 mod transfer;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

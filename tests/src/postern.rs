@@ -48,6 +48,9 @@ pub struct PosternOptions {
     pub ready_timeout: Duration,
     /// Run postern in a session of its own so it can outlive the caller (see [`Postern::keep`]).
     pub detach: bool,
+    /// `--admin-socket` (default: next to the log, `WORK/postern-<n>.sock`). A postern started
+    /// with `--takeover` takes over from the one answering there.
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Default for PosternOptions {
@@ -59,6 +62,7 @@ impl Default for PosternOptions {
             wait_ready: true,
             ready_timeout: Duration::from_secs(20),
             detach: false,
+            admin_socket: None,
         }
     }
 }
@@ -132,7 +136,10 @@ impl Postern {
             cmd.args(["--namespace", namespace]);
         }
         // Each postern answers `postern certs` on a socket of its own, next to its log.
-        let admin_socket = log_path.with_extension("sock");
+        let admin_socket = options
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| log_path.with_extension("sock"));
         // ... and its HTTP admin endpoint on a free loopback port (see `admin_address`).
         cmd.arg("--bpffs")
             .arg(&bpffs_dir)
@@ -333,6 +340,12 @@ impl Postern {
             }
         }
         Ok(self.status)
+    }
+
+    /// Leaves the pins in place when this value drops: for a postern that handed them over to
+    /// another, or that was killed and another adopted them.
+    pub fn leave_pins(&mut self) {
+        self.bpffs_dir = PathBuf::new();
     }
 
     /// Leaves postern running and its pins in place; returns what to tear down later

@@ -1,0 +1,225 @@
+//! Zero-downtime restart (`postern run --takeover`) and crash recovery, under a continuous
+//! client loop of real curl requests with the seed's client certificate.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use postern_testbed::{curl, seed_curl_args, Postern, PosternOptions, SeedRequest, Signal};
+
+use crate::{postern_bin, start_drip, Running};
+
+/// curl's exit code when the connection is refused.
+const CURL_CONNECT_REFUSED: i32 = 7;
+
+/// What the client loop saw.
+struct Load {
+    requests: usize,
+    failures: Vec<String>,
+}
+
+/// Concurrent client loops.
+const CLIENTS: usize = 4;
+
+/// Runs `during` while [`CLIENTS`] client loops each send mTLS requests one after the other;
+/// they have made requests before `during` starts and make more after it returns.
+fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
+    let requests = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let wait_for = |count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while requests.load(Ordering::SeqCst) < count {
+            assert!(Instant::now() < deadline, "the client loop stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let result = std::thread::scope(|scope| {
+        for _ in 0..CLIENTS {
+            scope.spawn(|| {
+                let args = seed_curl_args(&run.topology, SeedRequest::ExternalMtls);
+                while !stop.load(Ordering::SeqCst) {
+                    let result = curl(run.topology.client(), &args).unwrap();
+                    if result.http_status() != Some(200) {
+                        failures.lock().unwrap().push(result.summary());
+                    }
+                    requests.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        wait_for(2 * CLIENTS);
+        let result = during();
+        wait_for(requests.load(Ordering::SeqCst) + 2 * CLIENTS);
+        stop.store(true, Ordering::SeqCst);
+        result
+    });
+    let load = Load {
+        requests: requests.into_inner(),
+        failures: failures.into_inner().unwrap(),
+    };
+    (result, load)
+}
+
+/// The `sk_lookup` links attached to the network namespace at `netns_path`, as bpftool sees them.
+fn sk_lookup_links(netns_path: &Path) -> usize {
+    let inode = std::fs::metadata(netns_path).unwrap().ino();
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "bpftool: {output:?}");
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    links
+        .iter()
+        .filter(|link| link["attach_type"] == "sk_lookup" && link["netns_ino"] == inode)
+        .count()
+}
+
+/// The pins left under a postern's bpffs dir.
+fn pins(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A second postern on the same bpffs dir and admin socket as `run`'s.
+fn successor(run: &Running, extra_args: &[&str]) -> Postern {
+    let config = run.topology.seed_config().unwrap();
+    let options = PosternOptions {
+        bpffs_dir: Some(run.postern.bpffs_dir().to_path_buf()),
+        admin_socket: Some(run.postern.admin_socket().to_path_buf()),
+        ..PosternOptions::default()
+    };
+    Postern::start_with(&postern_bin(), &run.topology, &config, extra_args, &options).unwrap()
+}
+
+/// Stops `run`'s postern with SIGTERM; it must leave no pin and no attached program.
+fn stop_cleanly(run: &mut Running) {
+    run.postern.kill(Signal::Term).unwrap();
+    let exit = run.postern.wait_exit().unwrap();
+    assert!(exit.success(), "{exit}\n{}", run.postern.log());
+    assert_eq!(pins(run.postern.bpffs_dir()), 0, "pins left");
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 0);
+}
+
+/// The seed, with a 4000-byte download over `seconds` flowing through postern.
+fn seed_downloading(seconds: u32) -> (Running, PathBuf, Child) {
+    let run = Running::seed();
+    let output = run.topology.work_dir().join("drip.out");
+    let download = start_drip(&run, 4000, seconds, &output);
+    crate::drain::wait_until_flowing(&output);
+    (run, output, download)
+}
+
+#[test]
+fn takeover_under_load_refuses_nothing() {
+    let (mut run, output, mut download) = seed_downloading(6);
+
+    let (new, takeover) = under_load(&run, || {
+        let new = successor(&run, &["--takeover"]);
+        // Every listener came over: 9080, 9081, STRICT's every-other-port one, and the admin
+        // endpoint's.
+        assert!(
+            new.log()
+                .contains("taking over from the running postern listeners=4"),
+            "{}",
+            new.log()
+        );
+        assert!(new.log().contains("took over"), "{}", new.log());
+        new
+    });
+    let mut old = std::mem::replace(&mut run.postern, new);
+    // The old postern drains: it exits once the download it carries is done.
+    let exit = old.wait_exit_timeout(Duration::from_secs(30)).unwrap();
+    assert!(exit.success(), "{exit}\n{}", old.log());
+    assert!(
+        old.log().contains("handed over; exiting without detaching"),
+        "{}",
+        old.log()
+    );
+    old.leave_pins();
+    let status = download.wait().unwrap();
+    assert!(
+        status.success(),
+        "the download across the takeover: {status}"
+    );
+    let body = std::fs::read(&output).unwrap();
+    assert_eq!(body.len(), 4000, "byte-exact across the takeover");
+    assert!(body.iter().all(|&b| b == b'*'));
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 1);
+
+    let ((), reload) = under_load(&run, || {
+        run.postern.kill(Signal::Hup).unwrap();
+        run.postern
+            .wait_for_log("configuration reloaded", Duration::from_secs(20))
+            .unwrap();
+    });
+    println!(
+        "takeover under load: {} requests, {} failed; reload under load: {} requests, {} failed",
+        takeover.requests,
+        takeover.failures.len(),
+        reload.requests,
+        reload.failures.len()
+    );
+    assert!(takeover.failures.is_empty(), "{:#?}", takeover.failures);
+    assert!(reload.failures.is_empty(), "{:#?}", reload.failures);
+    stop_cleanly(&mut run);
+}
+
+#[test]
+fn crash_fails_closed_and_a_restart_adopts_the_pins() {
+    let (mut run, output, mut download) = seed_downloading(8);
+
+    run.postern.kill(Signal::Kill).unwrap();
+    run.postern.wait_exit().unwrap();
+    let status = download.wait().unwrap();
+    let received = std::fs::read(&output).unwrap().len();
+    assert!(!status.success(), "the download cannot complete: {status}");
+    assert!(received < 4000);
+
+    // Down: the program is still attached and resets every connection to the ports.
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 1);
+    let mut refused = 0;
+    for _ in 0..20 {
+        let mtls = curl(
+            run.topology.client(),
+            seed_curl_args(&run.topology, SeedRequest::ExternalMtls),
+        )
+        .unwrap();
+        let clear = curl(
+            run.topology.client(),
+            ["-v", "http://198.18.0.2:9080/status/200"],
+        )
+        .unwrap();
+        for result in [mtls, clear] {
+            assert_eq!(
+                result.exit_code,
+                CURL_CONNECT_REFUSED,
+                "{}",
+                result.summary()
+            );
+            refused += 1;
+        }
+    }
+
+    let restarted = successor(&run, &[]);
+    assert!(
+        restarted
+            .log()
+            .contains("adopted the pinned sk_lookup program and maps"),
+        "{}",
+        restarted.log()
+    );
+    let mut killed = std::mem::replace(&mut run.postern, restarted);
+    killed.leave_pins();
+    let ((), after) = under_load(&run, || {});
+    println!(
+        "crash: download cut at {received} of 4000 bytes; {refused} requests while down, all refused; after the restart {} requests, {} failed",
+        after.requests,
+        after.failures.len()
+    );
+    assert!(after.failures.is_empty(), "{:#?}", after.failures);
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 1);
+    stop_cleanly(&mut run);
+}
