@@ -250,7 +250,15 @@ pub async fn run(
     tokio::pin!(shutdown);
     let ending = loop {
         tokio::select! {
-            _ = &mut shutdown => break Ending::Shutdown,
+            _ = &mut shutdown => match handing.take() {
+                // Detaching now would pull the kernel state from under the newer postern:
+                // let the handover finish (or fail) first.
+                Some(given) => match given.await {
+                    Ok(Ok(())) => break Ending::HandedOver,
+                    _ => break Ending::Shutdown,
+                },
+                None => break Ending::Shutdown,
+            },
             // Once a newer postern has the kernel state, this one leaves it alone.
             _ = hangup.recv(), if handing.is_none() => {
                 fingerprint = crate::config::fingerprint(&options.config);
