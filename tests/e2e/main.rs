@@ -19,7 +19,7 @@ mod server_tls;
 mod transfer;
 mod upgrade;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use postern_testbed::{Postern, SeedTopology, TopologyOptions};
@@ -157,4 +157,43 @@ fn admin_get(run: &Running, path: &str) -> (String, String) {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or_default();
     (code.to_string(), body.to_string())
+}
+
+/// The `sk_lookup` links attached to the network namespace at `netns_path`, as bpftool sees them.
+pub(crate) fn sk_lookup_links(netns_path: &Path) -> usize {
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(netns_path).unwrap());
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "bpftool: {output:?}");
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    links
+        .iter()
+        .filter(|link| link["attach_type"] == "sk_lookup" && link["netns_ino"] == inode)
+        .count()
+}
+
+/// The pins left under a postern's bpffs dir.
+pub(crate) fn pins(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A second postern on the same bpffs dir and admin socket as `run`'s.
+pub(crate) fn successor(run: &Running, config: &[PathBuf], extra_args: &[&str]) -> Postern {
+    let options = postern_testbed::PosternOptions {
+        bpffs_dir: Some(run.postern.bpffs_dir().to_path_buf()),
+        admin_socket: Some(run.postern.admin_socket().to_path_buf()),
+        ..postern_testbed::PosternOptions::default()
+    };
+    Postern::start_with(&postern_bin(), &run.topology, config, extra_args, &options).unwrap()
+}
+
+/// Stops `run`'s postern with SIGTERM; it must leave no pin and no attached program.
+pub(crate) fn stop_cleanly(run: &mut Running) {
+    run.postern.kill(postern_testbed::Signal::Term).unwrap();
+    let exit = run.postern.wait_exit().unwrap();
+    assert!(exit.success(), "{exit}\n{}", run.postern.log());
+    assert_eq!(pins(run.postern.bpffs_dir()), 0, "pins left");
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 0);
 }

@@ -9,7 +9,10 @@ use postern_testbed::{
     curl, seed_curl_args, CurlResult, Postern, SeedRequest, SeedTopology, Signal, TopologyOptions,
 };
 
-use crate::{admin_get, postern_bin, start_drip, workload_and, write_config, Running};
+use crate::{
+    admin_get, pins, postern_bin, sk_lookup_links, start_drip, stop_cleanly, successor,
+    workload_and, write_config, Running,
+};
 
 /// curl's exit code when the connection is refused.
 const CURL_CONNECT_REFUSED: i32 = 7;
@@ -36,21 +39,29 @@ fn config(topology: &SeedTopology, ports: &[(u16, Option<&str>)]) -> String {
     workload_and(
         topology,
         &format!(
-            "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: httpbin, namespace: test}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  mtls: {{mode: DISABLE}}
----
+            "{}---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: httpbin, namespace: test}}
 spec:
   workloadSelector: {{labels: {{app: httpbin}}}}
   ingress:
-{ingress}"
+{ingress}",
+            peer_authentication("httpbin", "DISABLE")
         ),
+    )
+}
+
+/// A PeerAuthentication selecting `app: APP`, in `mode` for every port.
+fn peer_authentication(app: &str, mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {app}, namespace: test}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  mtls: {{mode: {mode}}}
+"
     )
 }
 
@@ -309,4 +320,77 @@ fn a_bad_configuration_is_refused_and_the_old_one_serves() {
     );
     let (_, body) = admin_get(&run, "/readyz");
     assert_eq!(body.trim(), "ready");
+}
+
+/// A second workload, in its own network namespace, STRICT: its every-other-port rule needs
+/// the namespace attached.
+fn other_workload(netns: &Path) -> String {
+    format!(
+        "apiVersion: postern.dev/v1alpha1
+kind: Workload
+metadata: {{name: other, namespace: test, labels: {{app: other}}}}
+spec: {{networkNamespace: {}}}
+---
+{}",
+        netns.display(),
+        peer_authentication("other", "STRICT")
+    )
+}
+
+#[test]
+fn workloads_added_and_removed_are_attached_and_detached() {
+    // Made before postern starts: postern runs in a private mount namespace (for the
+    // certificates' bind mounts), which does not see netns mounts made after it.
+    let other = postern_testbed::Netns::new("other").unwrap();
+    let (mut run, path) = start(&["--no-watch-config"], BEFORE);
+    let one = config(&run.topology, BEFORE);
+    let two = format!("{one}---\n{}", other_workload(other.path()));
+    let mut reloads = 0;
+    let mut reload = |run: &Running, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        run.postern.kill(Signal::Hup).unwrap();
+        reloads += 1;
+        wait_for_nth(run, "configuration reloaded", reloads);
+    };
+    reload(&run, &two);
+    assert_eq!(
+        sk_lookup_links(other.path()),
+        1,
+        "the new workload's namespace"
+    );
+    assert_eq!(pins(run.postern.bpffs_dir()), 2);
+    reload(&run, &one);
+    assert_eq!(
+        sk_lookup_links(other.path()),
+        0,
+        "the removed workload's namespace"
+    );
+    assert_eq!(pins(run.postern.bpffs_dir()), 1);
+    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 1);
+    assert_before(&run);
+    reload(&run, &two);
+    assert_eq!(sk_lookup_links(other.path()), 1);
+
+    // Killed, then restarted on a configuration without the other workload: that postern
+    // adopts httpbin's pinned state and removes the other namespace's.
+    run.postern.kill(Signal::Kill).unwrap();
+    run.postern.wait_exit().unwrap();
+    assert_eq!(sk_lookup_links(other.path()), 1, "fail closed while down");
+    std::fs::write(&path, &one).unwrap();
+    let restarted = successor(&run, std::slice::from_ref(&path), &[]);
+    let mut killed = std::mem::replace(&mut run.postern, restarted);
+    killed.leave_pins();
+    let log = run.postern.log();
+    assert!(
+        log.contains("removed the kernel state of a namespace no longer configured"),
+        "{log}"
+    );
+    assert!(
+        log.contains("adopted the pinned sk_lookup program"),
+        "{log}"
+    );
+    assert_eq!(sk_lookup_links(other.path()), 0);
+    assert_eq!(pins(run.postern.bpffs_dir()), 1);
+    assert_before(&run);
+    stop_cleanly(&mut run);
 }

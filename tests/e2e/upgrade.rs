@@ -1,16 +1,15 @@
 //! Zero-downtime restart (`postern run --takeover`) and crash recovery, under a continuous
 //! client loop of real curl requests with the seed's client certificate.
 
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postern_testbed::{curl, seed_curl_args, Postern, PosternOptions, SeedRequest, Signal};
+use postern_testbed::{curl, seed_curl_args, SeedRequest, Signal};
 
-use crate::{postern_bin, start_drip, Running};
+use crate::{sk_lookup_links, start_drip, stop_cleanly, successor, Running};
 
 /// curl's exit code when the connection is refused.
 const CURL_CONNECT_REFUSED: i32 = 7;
@@ -63,46 +62,6 @@ fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
     (result, load)
 }
 
-/// The `sk_lookup` links attached to the network namespace at `netns_path`, as bpftool sees them.
-fn sk_lookup_links(netns_path: &Path) -> usize {
-    let inode = std::fs::metadata(netns_path).unwrap().ino();
-    let output = std::process::Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "bpftool: {output:?}");
-    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    links
-        .iter()
-        .filter(|link| link["attach_type"] == "sk_lookup" && link["netns_ino"] == inode)
-        .count()
-}
-
-/// The pins left under a postern's bpffs dir.
-fn pins(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-/// A second postern on the same bpffs dir and admin socket as `run`'s.
-fn successor(run: &Running, extra_args: &[&str]) -> Postern {
-    let config = run.topology.seed_config().unwrap();
-    let options = PosternOptions {
-        bpffs_dir: Some(run.postern.bpffs_dir().to_path_buf()),
-        admin_socket: Some(run.postern.admin_socket().to_path_buf()),
-        ..PosternOptions::default()
-    };
-    Postern::start_with(&postern_bin(), &run.topology, &config, extra_args, &options).unwrap()
-}
-
-/// Stops `run`'s postern with SIGTERM; it must leave no pin and no attached program.
-fn stop_cleanly(run: &mut Running) {
-    run.postern.kill(Signal::Term).unwrap();
-    let exit = run.postern.wait_exit().unwrap();
-    assert!(exit.success(), "{exit}\n{}", run.postern.log());
-    assert_eq!(pins(run.postern.bpffs_dir()), 0, "pins left");
-    assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 0);
-}
-
 /// The seed, with a 4000-byte download over `seconds` flowing through postern.
 fn seed_downloading(seconds: u32) -> (Running, PathBuf, Child) {
     let run = Running::seed();
@@ -117,7 +76,7 @@ fn takeover_under_load_refuses_nothing() {
     let (mut run, output, mut download) = seed_downloading(6);
 
     let (new, takeover) = under_load(&run, || {
-        let new = successor(&run, &["--takeover"]);
+        let new = successor(&run, &run.topology.seed_config().unwrap(), &["--takeover"]);
         // Every listener came over: 9080, 9081, STRICT's every-other-port one, and the admin
         // endpoint's.
         assert!(
@@ -203,7 +162,7 @@ fn crash_fails_closed_and_a_restart_adopts_the_pins() {
         }
     }
 
-    let restarted = successor(&run, &[]);
+    let restarted = successor(&run, &run.topology.seed_config().unwrap(), &[]);
     assert!(
         restarted
             .log()
