@@ -177,9 +177,15 @@ fn reload_applies_the_differences(extra_args: &[&str], trigger: impl FnOnce(&Run
 
     std::fs::write(&path, config(&run.topology, AFTER)).unwrap();
     trigger(&run);
-    run.postern
+    let line = run
+        .postern
         .wait_for_log("configuration reloaded", Duration::from_secs(20))
         .unwrap();
+    // 9083 added, 9082 removed, 9080 kept with its new policy.
+    assert!(
+        line.contains("listeners_added=1 listeners_removed=1 listeners_kept=1"),
+        "{line}"
+    );
     assert_after(&run);
 
     let status = download.wait().unwrap();

@@ -122,6 +122,14 @@ struct Serving {
     connections: Arc<terminator::Connections>,
 }
 
+/// What a reload did to the listeners: kept ones serve new connections with the new policy.
+#[derive(Default)]
+struct Changes {
+    added: usize,
+    removed: usize,
+    kept: usize,
+}
+
 /// Why serving ended.
 enum Ending {
     /// SIGTERM or SIGINT: drain, then detach.
@@ -348,7 +356,7 @@ impl Serving {
         table: &PolicyTable,
         state: &crate::admin::AdminState,
         options: &RunOptions,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Changes> {
         steer(&plan, state, options)?;
         let mut wanted = BTreeMap::new();
         for netns_plan in plan.namespaces {
@@ -363,6 +371,10 @@ impl Serving {
             .filter(|key| !wanted.contains_key(*key))
             .cloned()
             .collect();
+        let mut changes = Changes {
+            removed: removed.len(),
+            ..Changes::default()
+        };
         for key in removed {
             let live = self.lives.remove(&key).expect("listed");
             tracing::info!(listener = %key.1, "no longer configured: unsteered; established connections continue");
@@ -376,9 +388,11 @@ impl Serving {
             match self.lives.get(&key) {
                 Some(live) => {
                     live.service.send_replace(planned.service);
+                    changes.kept += 1;
                 }
                 None => {
                     tracing::info!(listener = %planned.label, "serving");
+                    changes.added += 1;
                     let (service, services) = watch::channel(planned.service);
                     let (stop, stopped) = watch::channel(false);
                     let metrics = Arc::clone(&service.borrow().metrics);
@@ -400,7 +414,7 @@ impl Serving {
             }
         }
         state.serve_generation(table, plan.sources, plan.metrics);
-        Ok(())
+        Ok(changes)
     }
 
     /// Reads the configuration again and applies what changed; if anything is wrong, nothing
@@ -410,16 +424,28 @@ impl Serving {
             .map_err(anyhow::Error::from)
             .and_then(|table| {
                 let plan = plan(&table, options.timeouts, &self.reusable())?;
-                self.apply(plan, &table, state, options)?;
-                Ok(table)
+                let changes = self.apply(plan, &table, state, options)?;
+                Ok((table, changes))
             });
         match result {
-            Ok(table) => {
+            Ok((table, changes)) => {
                 for warning in &table.warnings {
                     tracing::warn!("{warning}");
                 }
                 let generation = state.reloaded(Ok(()));
-                tracing::info!(trigger, generation, "configuration reloaded");
+                let Changes {
+                    added,
+                    removed,
+                    kept,
+                } = changes;
+                tracing::info!(
+                    trigger,
+                    generation,
+                    listeners_added = added,
+                    listeners_removed = removed,
+                    listeners_kept = kept,
+                    "configuration reloaded"
+                );
             }
             Err(e) => {
                 let error = format!("{e:#}");
