@@ -1,6 +1,7 @@
 //! Zero-downtime restart (`postern run --takeover`) and crash recovery, under a continuous
 //! client loop of real curl requests with the seed's client certificate.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -62,6 +63,16 @@ fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
     (result, load)
 }
 
+/// The local addresses of the sockets listening in the pod (`ss -Hltn`): postern's listeners
+/// (ephemeral ports on loopback) and the app's.
+fn listening(run: &Running) -> BTreeSet<String> {
+    let output = run.topology.pod().run(["ss", "-Hltn"]).unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
 /// The seed, with a 4000-byte download over `seconds` flowing through postern.
 fn seed_downloading(seconds: u32) -> (Running, PathBuf, Child) {
     let run = Running::seed();
@@ -75,6 +86,9 @@ fn seed_downloading(seconds: u32) -> (Running, PathBuf, Child) {
 fn takeover_under_load_refuses_nothing() {
     let (mut run, output, mut download) = seed_downloading(6);
 
+    let before = listening(&run);
+    // postern's three (9080, 9081, every other port) and httpbin's.
+    assert_eq!(before.len(), 4, "{before:?}");
     let (new, takeover) = under_load(&run, || {
         let new = successor(&run, &run.topology.seed_config().unwrap(), &["--takeover"]);
         // Every listener came over: 9080, 9081, STRICT's every-other-port one, and the admin
@@ -98,6 +112,8 @@ fn takeover_under_load_refuses_nothing() {
         old.log()
     );
     old.leave_pins();
+    // The very same sockets serve: no listener was closed or opened.
+    assert_eq!(listening(&run), before);
     let status = download.wait().unwrap();
     assert!(
         status.success(),
