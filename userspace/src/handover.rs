@@ -57,10 +57,13 @@ fn decode(text: &str) -> io::Result<Key> {
 /// the new postern says it serves. `Ok` means the old postern must stop accepting now.
 pub fn give(mut stream: UnixStream, listeners: &[(Key, BorrowedFd<'_>)]) -> io::Result<()> {
     if listeners.len() > MAX_LISTENERS {
-        return Err(io::Error::other(format!(
+        let error = format!(
             "{} listeners are more than a handover carries ({MAX_LISTENERS})",
             listeners.len()
-        )));
+        );
+        // The new postern shows this instead of a closed connection.
+        let _ = stream.write_all(format!("error: {error}\n").as_bytes());
+        return Err(io::Error::other(error));
     }
     stream.set_nonblocking(false)?;
     let keys: Vec<String> = listeners.iter().map(|(key, _)| encode(key)).collect();
@@ -186,36 +189,76 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    #[test]
-    fn listeners_and_their_keys_cross_a_socket() {
+    /// An old postern's side of a handover, on a thread.
+    struct Old {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        addresses: Vec<std::net::SocketAddr>,
+        thread: std::thread::JoinHandle<io::Result<()>>,
+    }
+
+    /// An old postern on a fresh admin socket: it reads the request line, then gives `count`
+    /// listeners (each a loopback socket of its own) with keys `(1, "test/w:N")`.
+    fn old_postern(count: usize) -> Old {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.sock");
         let server = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let one = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let two = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addresses = [one.local_addr().unwrap(), two.local_addr().unwrap()];
+        let listeners: Vec<std::net::TcpListener> = (0..count)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addresses = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let old = std::thread::spawn(move || {
             let (stream, _) = server.accept().unwrap();
             let mut line = [0u8; REQUEST.len() + 1];
             (&stream).read_exact(&mut line).unwrap();
             assert_eq!(&line[..REQUEST.len()], REQUEST.as_bytes());
-            give(
-                stream,
-                &[
-                    ((7, "test/httpbin:9080".to_string()), one.as_fd()),
-                    ((0, ADMIN_HTTP.to_string()), two.as_fd()),
-                ],
-            )
+            let keyed: Vec<(Key, BorrowedFd<'_>)> = listeners
+                .iter()
+                .enumerate()
+                .map(|(n, listener)| ((1, format!("test/w:{n}")), listener.as_fd()))
+                .collect();
+            give(stream, &keyed)
         });
-        let taken = take(&path).unwrap().expect("a postern answers");
-        let port = |key: Key| {
-            let fd = taken.listeners[&key].try_clone().unwrap();
-            std::net::TcpListener::from(fd).local_addr().unwrap()
-        };
-        assert_eq!(port((7, "test/httpbin:9080".to_string())), addresses[0]);
-        assert_eq!(port((0, ADMIN_HTTP.to_string())), addresses[1]);
+        Old {
+            _dir: dir,
+            path,
+            addresses,
+            thread: old,
+        }
+    }
+
+    #[test]
+    fn listeners_and_their_keys_cross_a_socket() {
+        let old = old_postern(3);
+        let taken = take(&old.path).unwrap().expect("a postern answers");
+        assert_eq!(taken.listeners.len(), 3);
+        for (n, address) in old.addresses.iter().enumerate() {
+            let fd = taken.listeners[&(1, format!("test/w:{n}"))]
+                .try_clone()
+                .unwrap();
+            assert_eq!(
+                std::net::TcpListener::from(fd).local_addr().unwrap(),
+                *address
+            );
+        }
         taken.serving().unwrap();
-        old.join().unwrap().unwrap();
+        old.thread.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn too_many_listeners_are_refused_with_the_reason() {
+        let old = old_postern(MAX_LISTENERS + 1);
+        let error = take(&old.path).err().expect("refused").to_string();
+        assert!(error.contains("more than a handover carries"), "{error}");
+        assert!(old.thread.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_new_postern_that_never_serves_leaves_the_old_one_serving() {
+        let old = old_postern(1);
+        let taken = take(&old.path).unwrap().expect("a postern answers");
+        drop(taken);
+        assert!(old.thread.join().unwrap().is_err(), "no `serving`, no stop");
     }
 
     #[test]

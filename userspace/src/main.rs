@@ -31,7 +31,9 @@ enum Command {
     /// Ask the running daemon which certificates it serves, like `istioctl proxy-config secret`.
     Certs(CertsArgs),
     /// Exit 0 if the running daemon is ready, 1 (with the reasons) if not: an exec readiness
-    /// probe. Not ready while any certificate update failed to load.
+    /// probe. Not ready while any certificate update failed to load. After a failed
+    /// configuration reload it stays ready (the previous configuration serves) and prints the
+    /// error on a `warning:` line.
     Ready(AdminArgs),
     /// Change the running daemon's log filter, e.g. `debug` or `info,postern::access=off`.
     LogLevel(LogLevelArgs),
