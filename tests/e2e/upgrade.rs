@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postern_testbed::{curl, seed_curl_args, SeedRequest, Signal};
+use postern_testbed::{curl, seed_curl_args, Postern, PosternOptions, SeedRequest, Signal};
 
-use crate::{sk_lookup_links, start_drip, stop_cleanly, successor, Running};
+use crate::{postern_bin, sk_lookup_links, start_drip, stop_cleanly, successor, Running};
 
 /// curl's exit code when the connection is refused.
 const CURL_CONNECT_REFUSED: i32 = 7;
@@ -197,4 +197,36 @@ fn crash_fails_closed_and_a_restart_adopts_the_pins() {
     assert!(after.failures.is_empty(), "{:#?}", after.failures);
     assert_eq!(sk_lookup_links(run.topology.pod_netns_path()), 1);
     stop_cleanly(&mut run);
+}
+
+#[test]
+fn a_takeover_with_another_bpffs_is_refused_and_the_old_postern_serves_on() {
+    let run = Running::seed();
+    let options = PosternOptions {
+        admin_socket: Some(run.postern.admin_socket().to_path_buf()),
+        wait_ready: false,
+        ..PosternOptions::default()
+    };
+    let config = run.topology.seed_config().unwrap();
+    let mut refused = Postern::start_with(
+        &postern_bin(),
+        &run.topology,
+        &config,
+        &["--takeover"],
+        &options,
+    )
+    .unwrap();
+    let exit = refused.wait_exit().unwrap();
+    assert!(!exit.success());
+    assert!(
+        refused
+            .log()
+            .contains("take over with the --bpffs it runs with"),
+        "{}",
+        refused.log()
+    );
+    let ((), load) = under_load(&run, || {});
+    assert!(load.failures.is_empty(), "{:#?}", load.failures);
+    let ready = run.postern.command(&postern_bin(), "ready", &[]).unwrap();
+    assert_eq!(ready.stdout.trim(), "ready", "{}", ready.stderr);
 }

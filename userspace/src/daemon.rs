@@ -167,6 +167,27 @@ pub async fn run(
             listeners = taken.listeners.len(),
             "taking over from the running postern"
         );
+        // Its listeners are steered by its pinned program: with another --bpffs this postern
+        // would attach a second program beside it, and the two would fight over every
+        // connection.
+        let elsewhere: Vec<&Key> = taken
+            .listeners
+            .keys()
+            .filter(|(inode, label)| {
+                label != handover::ADMIN_HTTP
+                    && !options
+                        .bpffs
+                        .join(format!("netns-{inode}"))
+                        .join("link")
+                        .exists()
+            })
+            .collect();
+        if let Some((_, label)) = elsewhere.first() {
+            anyhow::bail!(
+                "the running postern's kernel state for {label} is not pinned under {}: take over with the --bpffs it runs with",
+                options.bpffs.display()
+            );
+        }
     }
     let mut inherited_http = None;
     for (key, fd) in taken.iter().flat_map(|t| t.listeners.iter()) {
