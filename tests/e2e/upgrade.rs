@@ -24,6 +24,9 @@ struct Load {
 /// Concurrent client loops.
 const CLIENTS: usize = 4;
 
+/// How long the loops run before and after the event, at least.
+const LOAD_AROUND: Duration = Duration::from_secs(1);
+
 /// Runs `during` while [`CLIENTS`] client loops each send mTLS requests one after the other;
 /// they have made requests before `during` starts and make more after it returns.
 fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
@@ -51,8 +54,10 @@ fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
             });
         }
         wait_for(2 * CLIENTS);
+        std::thread::sleep(LOAD_AROUND);
         let result = during();
         wait_for(requests.load(Ordering::SeqCst) + 2 * CLIENTS);
+        std::thread::sleep(LOAD_AROUND);
         stop.store(true, Ordering::SeqCst);
         result
     });
