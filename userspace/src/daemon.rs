@@ -594,11 +594,13 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
         };
         let mut planned = Vec::new();
         for workload in workloads {
+            let identity = mesh_identity(workload)?;
+            sources.extend(identity.iter().cloned());
             for port in &workload.ports {
-                planned.push(planner.port(workload, port, &mut sources)?);
+                planned.push(planner.port(workload, port, identity.as_ref(), &mut sources)?);
             }
             if workload.other_ports == MtlsMode::Strict {
-                planned.push(planner.other_ports(workload)?);
+                planned.push(planner.other_ports(workload, identity.as_ref())?);
             }
         }
         metrics.extend(planned.iter().map(|p| Arc::clone(&p.service.metrics)));
@@ -613,6 +615,39 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
     })
 }
 
+/// The workload's mesh identity, loaded and checked (its certificate must name its SPIFFE ID),
+/// if it has one.
+fn mesh_identity(workload: &WorkloadPolicy) -> anyhow::Result<Option<Arc<TlsSource>>> {
+    let Some(identity) = &workload.mesh else {
+        return Ok(None);
+    };
+    let mut used_by: Vec<String> = workload
+        .ports
+        .iter()
+        .filter(|port| matches!(port.action, PortAction::MeshStrict | PortAction::Permissive))
+        .map(|port| format!("{}:{}", workload.id(), port.port))
+        .collect();
+    if workload.other_ports == MtlsMode::Strict {
+        used_by.push(format!("{}:*", workload.id()));
+    }
+    let source = TlsSource::mesh(identity, used_by)
+        .with_context(|| format!("{}: mesh identity {}", workload.id(), identity.spiffe_id))?;
+    Ok(Some(Arc::new(source)))
+}
+
+/// What a STRICT or PERMISSIVE port does: mesh mTLS with the workload's identity, or, without
+/// one, today's fallback (STRICT resets; PERMISSIVE serves plaintext only).
+fn mesh_action(identity: Option<&Arc<TlsSource>>, permissive: bool) -> Action {
+    match (identity, permissive) {
+        (Some(identity), _) => Action::Mesh {
+            identity: Arc::clone(identity),
+            permissive,
+        },
+        (None, false) => Action::Reset(STRICT_WITHOUT_IDENTITY),
+        (None, true) => Action::Permissive(PERMISSIVE_TLS_WITHOUT_IDENTITY),
+    }
+}
+
 /// Plans the listeners of one network namespace.
 struct Planner<'a> {
     netns: &'a Arc<Netns>,
@@ -625,6 +660,7 @@ impl Planner<'_> {
         &self,
         workload: &WorkloadPolicy,
         port: &PortPolicy,
+        identity: Option<&Arc<TlsSource>>,
         sources: &mut Vec<Arc<TlsSource>>,
     ) -> anyhow::Result<Planned> {
         let label = format!("{}:{}", workload.id(), port.port);
@@ -637,8 +673,8 @@ impl Planner<'_> {
                 Action::Tls(source)
             }
             PortAction::Plaintext => Action::Plaintext,
-            PortAction::MeshStrict => Action::Reset(STRICT_WITHOUT_IDENTITY),
-            PortAction::Permissive => Action::Permissive(PERMISSIVE_TLS_WITHOUT_IDENTITY),
+            PortAction::MeshStrict => mesh_action(identity, false),
+            PortAction::Permissive => mesh_action(identity, true),
         };
         let destinations = match port.bind {
             Some(bind) => vec![Some(bind)],
@@ -658,13 +694,18 @@ impl Planner<'_> {
     }
 
     /// STRICT covers every port, not only the configured ones, as Istio captures every
-    /// inbound port: the rest are reset until mesh identities exist.
-    fn other_ports(&self, workload: &WorkloadPolicy) -> anyhow::Result<Planned> {
+    /// inbound port: mesh mTLS to the same port of the app, or a reset without a mesh
+    /// identity.
+    fn other_ports(
+        &self,
+        workload: &WorkloadPolicy,
+        identity: Option<&Arc<TlsSource>>,
+    ) -> anyhow::Result<Planned> {
         let label = format!("{}:*", workload.id());
         let destinations = workload_destinations(workload);
         self.planned(workload, None, label, destinations, |metrics| PortService {
             workload: workload.id(),
-            action: Action::Reset(STRICT_WITHOUT_IDENTITY),
+            action: mesh_action(identity, false),
             endpoint: None,
             netns: Arc::clone(self.netns),
             timeouts: self.timeouts,

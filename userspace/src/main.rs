@@ -10,7 +10,7 @@ use postern::config::{self, LoadOptions};
 use postern::daemon::{self, RunOptions};
 use postern::policy::{PolicyTable, PortAction};
 use postern::terminator::Timeouts;
-use postern::tls::reload::Secret;
+use postern::tls::reload::{Secret, TlsSource};
 
 /// Terminates TLS for a workload's inbound ports, steered there by eBPF, configured with the
 /// Istio Sidecar and PeerAuthentication YAML you already have.
@@ -80,6 +80,10 @@ struct ConfigArgs {
     /// Istio's mesh root namespace: its selector-less PeerAuthentication applies mesh-wide.
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
+    /// The mesh's trust domain: a Workload's SPIFFE ID is
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`, and peers must be of it.
+    #[arg(long, default_value = config::DEFAULT_TRUST_DOMAIN, value_parser = parse_trust_domain)]
+    trust_domain: String,
 }
 
 #[derive(Args)]
@@ -157,6 +161,7 @@ fn load_options(args: &ConfigArgs) -> LoadOptions {
     LoadOptions {
         default_namespace: args.namespace.clone(),
         root_namespace: args.root_namespace.clone(),
+        trust_domain: args.trust_domain.clone(),
     }
 }
 
@@ -165,6 +170,11 @@ fn check(args: &ConfigArgs) -> anyhow::Result<()> {
     print!("{}", config::render_table(&table));
     let mut problems = Vec::new();
     for workload in &table.workloads {
+        if let Some(identity) = &workload.mesh {
+            if let Err(e) = TlsSource::mesh(identity, Vec::new()) {
+                problems.push(format!("{}: mesh identity: {e}", workload.id()));
+            }
+        }
         for port in &workload.ports {
             if let PortAction::Tls(settings) = &port.action {
                 if let Err(e) = postern::tls::server_config(settings, port.protocol.alpn()) {
@@ -178,6 +188,22 @@ fn check(args: &ConfigArgs) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("TLS material is not usable:\n  {}", problems.join("\n  "))
+    }
+}
+
+/// A SPIFFE trust domain: lower-case letters, digits, `.`, `-` and `_`.
+fn parse_trust_domain(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a SPIFFE trust domain (lower-case letters, digits, '.', '-' and '_', \
+             such as cluster.local), found {text:?}"
+        ))
     }
 }
 

@@ -304,11 +304,11 @@ pub enum PortAction {
     Tls(TlsSettings),
     /// PeerAuthentication DISABLE without `tls`: splice the bytes as they come.
     Plaintext,
-    /// PeerAuthentication STRICT: only mesh mutual TLS may pass. Until mesh identities exist,
-    /// nothing can satisfy it, so every connection is reset.
+    /// PeerAuthentication STRICT: only mesh mutual TLS may pass. A workload without a mesh
+    /// identity cannot satisfy it, so there every connection is reset.
     MeshStrict,
     /// PeerAuthentication PERMISSIVE: mesh mutual TLS or plaintext, told apart by the first
-    /// bytes. Until mesh identities exist, TLS is reset and plaintext is spliced.
+    /// bytes. A workload without a mesh identity resets TLS and splices plaintext.
     Permissive,
 }
 
@@ -375,6 +375,44 @@ pub struct WorkloadPolicy {
     pub other_ports: MtlsMode,
     /// Where `other_ports` came from (the PeerAuthentication, or Istio's default).
     pub other_ports_source: String,
+    /// The workload's mesh identity, if it has one: without it, mesh mTLS cannot be served.
+    pub mesh: Option<MeshIdentity>,
+}
+
+/// A workload's identity in the mesh, and where its certificates are.
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
+pub struct MeshIdentity {
+    /// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub spiffe_id: String,
+    /// The trust domain whose SPIFFE IDs this workload accepts from peers.
+    pub trust_domain: String,
+    /// The directory with `tls.crt` (the chain, leaf first), `tls.key` and `ca.crt` (the mesh
+    /// roots), as cert-manager's csi-driver-spiffe writes it.
+    pub certificates: PathBuf,
+    /// The workload's cgroup v2 directory: its outbound connections to mesh workloads are
+    /// captured there and sent out over mesh mTLS. `None`: outbound is not captured.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl MeshIdentity {
+    /// The certificate chain, leaf first.
+    pub fn certificate_chain(&self) -> PathBuf {
+        self.certificates.join("tls.crt")
+    }
+
+    pub fn private_key(&self) -> PathBuf {
+        self.certificates.join("tls.key")
+    }
+
+    /// The mesh's root certificates.
+    pub fn roots(&self) -> PathBuf {
+        self.certificates.join("ca.crt")
+    }
+}
+
+/// `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`, as Istio names a workload.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
 impl WorkloadPolicy {

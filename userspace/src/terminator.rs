@@ -40,7 +40,17 @@ pub enum Action {
     Reset(&'static str),
     /// A TLS ClientHello is reset with the given reason; anything else is spliced.
     Permissive(&'static str),
+    /// Mesh mutual TLS with the workload's identity (STRICT). With `permissive`, a client whose
+    /// first bytes are not a TLS ClientHello is spliced as plaintext instead of reset.
+    Mesh {
+        identity: Arc<TlsSource>,
+        permissive: bool,
+    },
 }
+
+/// Why a STRICT port with a mesh identity resets a client that does not start TLS.
+const STRICT_NOT_TLS: &str =
+    "PeerAuthentication STRICT requires mesh mTLS, and the client did not start a TLS handshake";
 
 /// Timeouts that bound every connection's set-up.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +115,8 @@ pub struct PortService {
     /// `namespace/name` of the workload.
     pub workload: String,
     pub action: Action,
-    /// Where the app is; `None` when the action never reaches it.
+    /// Where the app is; `None` for the connection's own destination port on loopback (a
+    /// STRICT workload's other ports).
     pub endpoint: Option<Endpoint>,
     pub netns: Arc<Netns>,
     pub timeouts: Timeouts,
@@ -195,6 +206,8 @@ pub async fn serve(
 struct Record {
     tls_version: Option<&'static str>,
     client_subject: Option<String>,
+    /// The peer's SPIFFE ID, over mesh mTLS.
+    peer_identity: Option<String>,
     alpn: Option<String>,
     bytes_from_client: u64,
     bytes_to_client: u64,
@@ -251,7 +264,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>, 
             reset(stream);
             Err(Failure::OverLimit(max))
         }
-        _ => apply_policy(stream, &service, &mut record).await,
+        _ => apply_policy(stream, &service, original_dst.port(), &mut record).await,
     };
     service
         .metrics
@@ -268,6 +281,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>, 
         peer = %canonical(peer),
         tls_version = %record.tls_version.unwrap_or("-"),
         client_subject = ?record.client_subject.as_deref().unwrap_or("-"),
+        peer_identity = %record.peer_identity.as_deref().unwrap_or("-"),
         alpn = %record.alpn.as_deref().unwrap_or("-"),
         bytes_from_client = record.bytes_from_client,
         bytes_to_client = record.bytes_to_client,
@@ -277,41 +291,92 @@ async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>, 
     );
 }
 
+/// Completes the server side of a TLS handshake under the handshake timeout and records the
+/// session. On failure, the connection is handed back (unless the timeout took it) so the
+/// caller can decide how to close it.
+async fn accept_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    service: &PortService,
+    record: &mut Record,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, (Failure, Option<TcpStream>)> {
+    let timeout = service.timeouts.handshake;
+    let started = Instant::now();
+    let accepting = TlsAcceptor::from(config).accept(stream).into_fallible();
+    let tls = match tokio::time::timeout(timeout, accepting).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err((e, stream))) => {
+            service.metrics.handshake_failed(HandshakeFailure::of(&e));
+            return Err((Failure::Handshake(e), Some(stream)));
+        }
+        Err(_) => {
+            service.metrics.handshake_failed(HandshakeFailure::Timeout);
+            return Err((Failure::HandshakeTimeout(timeout), None));
+        }
+    };
+    service.metrics.handshake_done(started.elapsed());
+    let (_, session) = tls.get_ref();
+    record.tls_version = session.protocol_version().map(crate::tls::version_name);
+    record.client_subject = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(crate::tls::certificate_subject);
+    record.peer_identity = crate::tls::mesh::peer_spiffe_id(session.peer_certificates());
+    record.alpn = session
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    Ok(tls)
+}
+
+/// Whether the client's first byte, waited for up to `wait`, starts a TLS handshake.
+async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
+    matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD
+}
+
 async fn apply_policy(
     stream: TcpStream,
     service: &PortService,
+    port: u16,
     record: &mut Record,
 ) -> Result<(), Failure> {
     let timeouts = service.timeouts;
     match &service.action {
         Action::Tls(source) => {
-            let acceptor = TlsAcceptor::from(source.current());
-            let started = Instant::now();
-            let handshake = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    service.metrics.handshake_failed(HandshakeFailure::of(&e));
-                    return Err(Failure::Handshake(e));
-                }
-                Err(_) => {
-                    service.metrics.handshake_failed(HandshakeFailure::Timeout);
-                    return Err(Failure::HandshakeTimeout(timeouts.handshake));
-                }
-            };
-            service.metrics.handshake_done(started.elapsed());
-            let (_, session) = tls.get_ref();
-            record.tls_version = session.protocol_version().map(crate::tls::version_name);
-            record.client_subject = session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(crate::tls::certificate_subject);
-            record.alpn = session
-                .alpn_protocol()
-                .map(|p| String::from_utf8_lossy(p).into_owned());
-            to_app(tls, service, record).await
+            let tls = accept_tls(stream, source.current(), service, record)
+                .await
+                .map_err(|(failure, _)| failure)?;
+            to_app(tls, service, port, record).await
         }
-        Action::Plaintext => to_app(stream, service, record).await,
+        Action::Mesh {
+            identity,
+            permissive,
+        } => {
+            let wait = if *permissive {
+                timeouts.detect
+            } else {
+                timeouts.handshake
+            };
+            if !starts_tls(&stream, wait).await {
+                if *permissive {
+                    return to_app(stream, service, port, record).await;
+                }
+                reset(stream);
+                return Err(Failure::Reset(STRICT_NOT_TLS));
+            }
+            match accept_tls(stream, identity.current(), service, record).await {
+                Ok(tls) => to_app(tls, service, port, record).await,
+                Err((failure, stream)) => {
+                    // As Istio's sidecars do: a client the mesh refuses sees a reset.
+                    if let Some(stream) = stream {
+                        reset(stream);
+                    }
+                    Err(failure)
+                }
+            }
+        }
+        Action::Plaintext => to_app(stream, service, port, record).await,
         Action::Reset(reason) => {
             // Wait for the client's first bytes so it sees a reset in answer to what it sent,
             // not a refusal of its connect: the same error (curl exit 56) as from Istio.
@@ -321,13 +386,11 @@ async fn apply_policy(
             Err(Failure::Reset(reason))
         }
         Action::Permissive(tls_reason) => {
-            let mut first = [0u8; 1];
-            let peeked = tokio::time::timeout(timeouts.detect, stream.peek(&mut first)).await;
-            if matches!(peeked, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD {
+            if starts_tls(&stream, timeouts.detect).await {
                 reset(stream);
                 return Err(Failure::Reset(tls_reason));
             }
-            to_app(stream, service, record).await
+            to_app(stream, service, port, record).await
         }
     }
 }
@@ -339,14 +402,17 @@ fn reset(stream: TcpStream) {
     }
 }
 
-async fn to_app<C>(client: C, service: &PortService, record: &mut Record) -> Result<(), Failure>
+async fn to_app<C>(
+    client: C,
+    service: &PortService,
+    port: u16,
+    record: &mut Record,
+) -> Result<(), Failure>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let endpoint = service
-        .endpoint
-        .as_ref()
-        .expect("policies that reach the app have an endpoint");
+    let own_port = Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    let endpoint = service.endpoint.as_ref().unwrap_or(&own_port);
     let connect_failed = |error: io::Error| Failure::Connect {
         endpoint: endpoint.to_string(),
         error,

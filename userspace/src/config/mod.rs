@@ -28,6 +28,9 @@ pub use table::render_table;
 use crate::policy::PolicyTable;
 use error::Diagnostics;
 
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// How documents are placed, where they do not say so themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -36,14 +39,17 @@ pub struct LoadOptions {
     /// Istio's mesh root namespace: its selector-less Sidecar and PeerAuthentication apply
     /// to the whole mesh.
     pub root_namespace: String,
+    /// The mesh's trust domain: workloads' SPIFFE IDs are `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`.
+    pub trust_domain: String,
 }
 
 impl Default for LoadOptions {
-    /// `default` and `istio-system`, as in a stock cluster and Istio install.
+    /// `default`, `istio-system` and `cluster.local`, as in a stock cluster and Istio install.
     fn default() -> Self {
         LoadOptions {
             default_namespace: "default".to_owned(),
             root_namespace: "istio-system".to_owned(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
 }
@@ -89,7 +95,7 @@ fn resolve_sources(
     mut diagnostics: Diagnostics,
 ) -> Result<PolicyTable, ConfigError> {
     let documents = document::parse_sources(sources, options, &mut diagnostics);
-    let workloads = resolve::resolve(&documents, &options.root_namespace, &mut diagnostics);
+    let workloads = resolve::resolve(&documents, options, &mut diagnostics);
     diagnostics.finish(workloads)
 }
 

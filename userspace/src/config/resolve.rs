@@ -9,7 +9,11 @@ use super::peer_authentication::PeerAuthentication;
 use super::sidecar::{loopback, IngressPort, Sidecar};
 use super::values::{selects, Labels};
 use super::workload::{check_shared_netns, Workload};
-use crate::policy::{ConnectionLimits, MtlsMode, PortAction, PortPolicy, Protocol, WorkloadPolicy};
+use super::LoadOptions;
+use crate::policy::{
+    spiffe_id, ConnectionLimits, MeshIdentity, MtlsMode, PortAction, PortPolicy, Protocol,
+    WorkloadPolicy,
+};
 
 /// Where the mode comes from when no PeerAuthentication sets one.
 const ISTIO_DEFAULT: &str = "Istio default (no PeerAuthentication sets a mode)";
@@ -39,7 +43,7 @@ impl Selecting for PeerAuthentication {
 /// The effective policy of every Workload, sorted by namespace/name.
 pub(super) fn resolve(
     documents: &Documents,
-    root_namespace: &str,
+    options: &LoadOptions,
     diagnostics: &mut Diagnostics,
 ) -> Vec<WorkloadPolicy> {
     check_namespace_wide(&documents.sidecars, diagnostics);
@@ -55,7 +59,7 @@ pub(super) fn resolve(
     workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     workloads
         .into_iter()
-        .filter_map(|workload| resolve_workload(workload, documents, root_namespace, diagnostics))
+        .filter_map(|workload| resolve_workload(workload, documents, options, diagnostics))
         .collect()
 }
 
@@ -162,9 +166,10 @@ struct Decision {
 fn resolve_workload(
     workload: &Resource<Workload>,
     documents: &Documents,
-    root_namespace: &str,
+    options: &LoadOptions,
     diagnostics: &mut Diagnostics,
 ) -> Option<WorkloadPolicy> {
+    let root_namespace = options.root_namespace.as_str();
     let sidecars = candidates(&documents.sidecars, workload, root_namespace, diagnostics);
     let peer_authentications = candidates(
         &documents.peer_authentications,
@@ -210,6 +215,16 @@ fn resolve_workload(
         ports: ports.into_iter().collect::<Option<_>>()?,
         other_ports: workload_mode.mode,
         other_ports_source: workload_mode.source,
+        mesh: workload.spec.mesh.as_ref().map(|mesh| MeshIdentity {
+            spiffe_id: spiffe_id(
+                &options.trust_domain,
+                &workload.namespace,
+                &mesh.service_account,
+            ),
+            trust_domain: options.trust_domain.clone(),
+            certificates: mesh.certificates.clone(),
+            cgroup: mesh.cgroup.clone(),
+        }),
     })
 }
 
@@ -395,6 +410,7 @@ mod tests {
             other_ports: MtlsMode::Strict,
             other_ports_source: "PeerAuthentication test/disable-peer-auth-for-external-mtls-port"
                 .into(),
+            mesh: None,
         };
         assert_eq!(table.workloads, [expected]);
     }

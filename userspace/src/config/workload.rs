@@ -1,7 +1,9 @@
 //! postern's own `Workload` documents: which network namespace (and which of its addresses)
-//! a set of labels stands for. On Kubernetes the same facts come from pods.
+//! a set of labels stands for, and its mesh identity. On Kubernetes the same facts come from
+//! pods (and their service accounts).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -16,6 +18,18 @@ pub(super) struct Workload {
     pub netns: NetnsRef,
     /// Sorted, distinct; empty means every address of the network namespace.
     pub addresses: Vec<IpAddr>,
+    /// `serviceAccount` and `meshCertificates`, which come together; `None` when neither is set.
+    pub mesh: Option<WorkloadMesh>,
+}
+
+/// What the Workload says about its mesh identity; `resolve` derives the SPIFFE ID.
+#[derive(Debug)]
+pub(super) struct WorkloadMesh {
+    pub service_account: String,
+    /// Directory with `tls.crt`, `tls.key` and `ca.crt`.
+    pub certificates: PathBuf,
+    /// cgroup v2 directory whose outbound connections are captured.
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -23,6 +37,9 @@ pub(super) struct Workload {
 pub(super) struct RawWorkloadSpec {
     network_namespace: Option<String>,
     addresses: Option<Vec<String>>,
+    service_account: Option<String>,
+    mesh_certificates: Option<String>,
+    cgroup: Option<String>,
 }
 
 impl Kind for Workload {
@@ -39,10 +56,102 @@ impl Kind for Workload {
         let addresses = optional(raw.addresses, |addresses| {
             addresses_of(addresses, &spec.key("addresses"), report)
         });
+        let mesh = mesh(
+            raw.service_account,
+            raw.mesh_certificates,
+            raw.cgroup,
+            spec,
+            report,
+        );
         Some(Workload {
             netns: netns?,
             addresses: addresses?.unwrap_or_default(),
+            mesh: mesh?,
         })
+    }
+}
+
+/// `serviceAccount` names the identity and `meshCertificates` holds its proof: one without
+/// the other is a mistake. `cgroup` captures outbound traffic, which needs the identity.
+fn mesh(
+    service_account: Option<String>,
+    certificates: Option<String>,
+    cgroup: Option<String>,
+    spec: &FieldPath,
+    report: &mut Report,
+) -> Option<Option<WorkloadMesh>> {
+    let service_account = optional(service_account, |name| {
+        report.check(&spec.key("serviceAccount"), service_account_name(&name))
+    });
+    let certificates = optional(certificates, |path| {
+        report.check(
+            &spec.key("meshCertificates"),
+            absolute_path(&path).map_err(|_| {
+                expected(
+                    &["an absolute path to a directory with tls.crt, tls.key and ca.crt"],
+                    format!("{path:?}"),
+                )
+            }),
+        )
+    });
+    let cgroup = optional(cgroup, |path| {
+        report.check(&spec.key("cgroup"), absolute_path(&path))
+    });
+    match (service_account?, certificates?, cgroup?) {
+        (Some(service_account), Some(certificates), cgroup) => Some(Some(WorkloadMesh {
+            service_account,
+            certificates,
+            cgroup,
+        })),
+        (None, None, None) => Some(None),
+        (None, None, Some(_)) => {
+            report.error(
+                &spec.key("cgroup"),
+                "capturing outbound connections needs a mesh identity: set serviceAccount and \
+                 meshCertificates too"
+                    .to_owned(),
+            );
+            None
+        }
+        (Some(_), None, _) => {
+            report.error(
+                &spec.key("meshCertificates"),
+                expected(
+                    &["the directory of the service account's certificates (tls.crt, tls.key, ca.crt)"],
+                    "nothing",
+                ),
+            );
+            None
+        }
+        (None, Some(_), _) => {
+            report.error(
+                &spec.key("serviceAccount"),
+                expected(
+                    &["the service account whose identity meshCertificates holds"],
+                    "nothing",
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A Kubernetes service account name: a DNS subdomain (lower-case letters, digits, `-`, `.`).
+fn service_account_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(expected(
+            &["a service account name (lower-case letters, digits, '-' and '.')"],
+            format!("{name:?}"),
+        ))
     }
 }
 
@@ -185,7 +294,7 @@ mod tests {
         );
         assert_error(
             &workload("w", "{networkNamespace: host, address: 10.0.0.1}"),
-            "test.yaml: document 1 (Workload test/w): spec.address: unknown field `address`, expected `networkNamespace` or `addresses`",
+            "test.yaml: document 1 (Workload test/w): spec.address: unknown field `address`, expected one of `networkNamespace`, `addresses`, `serviceAccount`, `meshCertificates`, `cgroup`",
         );
     }
 
@@ -224,6 +333,70 @@ mod tests {
             &workload("b", "{networkNamespace: /run/netns/b}"),
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn a_mesh_identity_is_derived_from_namespace_service_account_and_trust_domain() {
+        let yaml = workload(
+            "w",
+            "{networkNamespace: host, serviceAccount: sleep, meshCertificates: /certs/sleep, \
+             cgroup: /sys/fs/cgroup/sleep}",
+        );
+        let table = load(&yaml).unwrap();
+        let mesh = table.workloads[0].mesh.as_ref().unwrap();
+        assert_eq!(mesh.spiffe_id, "spiffe://cluster.local/ns/test/sa/sleep");
+        assert_eq!(mesh.trust_domain, "cluster.local");
+        assert_eq!(
+            mesh.certificate_chain(),
+            std::path::Path::new("/certs/sleep/tls.crt")
+        );
+        assert_eq!(
+            mesh.private_key(),
+            std::path::Path::new("/certs/sleep/tls.key")
+        );
+        assert_eq!(mesh.roots(), std::path::Path::new("/certs/sleep/ca.crt"));
+        assert_eq!(
+            mesh.cgroup.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/sleep"))
+        );
+
+        let options = crate::config::LoadOptions {
+            default_namespace: "prod".into(),
+            trust_domain: "example.org".into(),
+            ..Default::default()
+        };
+        let table = crate::config::load_sources(&[("w.yaml".into(), yaml)], &options).unwrap();
+        assert_eq!(
+            table.workloads[0].mesh.as_ref().unwrap().spiffe_id,
+            "spiffe://example.org/ns/prod/sa/sleep"
+        );
+        assert!(load(&workload("w", "{networkNamespace: host}"))
+            .unwrap()
+            .workloads[0]
+            .mesh
+            .is_none());
+    }
+
+    #[test]
+    fn a_mesh_identity_needs_its_service_account_and_certificates_together() {
+        let location = "test.yaml: document 1 (Workload test/w): spec";
+        assert_error(
+            &workload("w", "{networkNamespace: host, serviceAccount: sleep}"),
+            &format!("{location}.meshCertificates: expected the directory of the service account's certificates (tls.crt, tls.key, ca.crt), found nothing"),
+        );
+        assert_error(
+            &workload("w", "{networkNamespace: host, meshCertificates: /certs}"),
+            &format!("{location}.serviceAccount: expected the service account whose identity meshCertificates holds, found nothing"),
+        );
+        assert_error(
+            &workload("w", "{networkNamespace: host, cgroup: /sys/fs/cgroup/w}"),
+            &format!("{location}.cgroup: capturing outbound connections needs a mesh identity: set serviceAccount and meshCertificates too"),
+        );
+        assert_error(
+            &workload("w", "{networkNamespace: host, serviceAccount: Sleep_1, meshCertificates: certs}"),
+            &format!("{location}.serviceAccount: expected a service account name (lower-case letters, digits, '-' and '.'), found \"Sleep_1\"\n\
+                      {location}.meshCertificates: expected an absolute path to a directory with tls.crt, tls.key and ca.crt, found \"certs\""),
+        );
     }
 
     #[test]

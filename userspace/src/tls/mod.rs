@@ -9,6 +9,7 @@
 mod client_match;
 mod client_verifier;
 mod load;
+pub mod mesh;
 mod protocol;
 pub mod reload;
 #[cfg(test)]
@@ -130,6 +131,19 @@ pub enum TlsError {
         key: String,
         /// The suites that would work, comma-separated.
         usable: String,
+    },
+    /// A mesh certificate that does not name the workload's own SPIFFE ID.
+    #[error(
+        "{}: the certificate's SPIFFE ID (URI subjectAltName) is {found}, but the workload's \
+         identity is {expected} (from its namespace, serviceAccount and the trust domain); \
+         refusing to present another identity",
+        path.display()
+    )]
+    WrongSpiffeId {
+        path: PathBuf,
+        expected: String,
+        /// The SPIFFE IDs found, comma-separated, or `none`.
+        found: String,
     },
     /// MUTUAL mode without caCertificates (the policy layer should have refused it).
     #[error(

@@ -14,17 +14,17 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{load, server_config, TlsError};
-use crate::policy::TlsSettings;
+use super::{load, mesh, server_config, TlsError};
+use crate::policy::{MeshIdentity, TlsSettings};
 
 /// One row of `postern certs`, in the shape of `istioctl proxy-config secret`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,31 +84,120 @@ struct State {
     warned: Vec<String>,
 }
 
-/// A port's TLS configuration, rebuilt when its files change.
+/// What the material is for, and so how it is built from its files.
+enum Recipe {
+    /// A Sidecar ingress port's `tls`, offering these ALPN protocols.
+    Sidecar {
+        settings: TlsSettings,
+        alpn: Vec<Vec<u8>>,
+    },
+    /// A workload's mesh identity: a server and a client configuration. `files` are its
+    /// certificate chain, key and roots.
+    Mesh {
+        identity: MeshIdentity,
+        files: [PathBuf; 3],
+    },
+}
+
+/// The files a recipe reads, for fingerprints, descriptions and messages.
+struct Files<'a> {
+    certificate: &'a Path,
+    key: &'a Path,
+    ca: Option<&'a Path>,
+    crl: Option<&'a Path>,
+}
+
+/// The configurations serving now.
+struct Built {
+    server: Arc<ServerConfig>,
+    /// Only for mesh identities: outbound origination.
+    client: Option<Arc<ClientConfig>>,
+}
+
+impl Recipe {
+    fn build(&self) -> Result<Built, TlsError> {
+        match self {
+            Recipe::Sidecar { settings, alpn } => {
+                let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+                Ok(Built {
+                    server: server_config(settings, &alpn)?,
+                    client: None,
+                })
+            }
+            Recipe::Mesh { identity, .. } => Ok(Built {
+                server: mesh::server_config(identity)?,
+                client: Some(mesh::client_config(identity)?),
+            }),
+        }
+    }
+
+    fn files(&self) -> Files<'_> {
+        match self {
+            Recipe::Sidecar { settings, .. } => Files {
+                certificate: &settings.server_certificate,
+                key: &settings.private_key,
+                ca: settings.ca_certificates.as_deref(),
+                crl: settings.ca_crl.as_deref(),
+            },
+            Recipe::Mesh {
+                files: [certificate, key, ca],
+                ..
+            } => Files {
+                certificate,
+                key,
+                ca: Some(ca),
+                crl: None,
+            },
+        }
+    }
+}
+
+/// A port's TLS configuration, or a workload's mesh identity, rebuilt when its files change.
 pub struct TlsSource {
-    settings: TlsSettings,
-    alpn: Vec<Vec<u8>>,
+    recipe: Recipe,
     used_by: Vec<String>,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Built>,
     state: Mutex<State>,
 }
 
 impl TlsSource {
-    /// Builds the configuration from the files now; an error here means the port cannot be
-    /// served at all.
+    /// Builds a Sidecar port's configuration from the files now; an error here means the port
+    /// cannot be served at all.
     pub fn load(
         settings: &TlsSettings,
         alpn: &[&[u8]],
         used_by: Vec<String>,
     ) -> Result<TlsSource, TlsError> {
-        let fingerprint = fingerprint(settings);
-        let config = server_config(settings, alpn)?;
-        let served = describe(settings)?;
-        Ok(TlsSource {
+        let recipe = Recipe::Sidecar {
             settings: settings.clone(),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+        };
+        TlsSource::build(recipe, used_by)
+    }
+
+    /// Builds a workload's mesh identity from its files now; an error here (unreadable files,
+    /// a key that does not match, a certificate naming another SPIFFE ID) means the workload
+    /// cannot take part in the mesh at all.
+    pub fn mesh(identity: &MeshIdentity, used_by: Vec<String>) -> Result<TlsSource, TlsError> {
+        let recipe = Recipe::Mesh {
+            identity: identity.clone(),
+            files: [
+                identity.certificate_chain(),
+                identity.private_key(),
+                identity.roots(),
+            ],
+        };
+        TlsSource::build(recipe, used_by)
+    }
+
+    fn build(recipe: Recipe, used_by: Vec<String>) -> Result<TlsSource, TlsError> {
+        let fingerprint = fingerprint(&recipe.files());
+        let built = recipe.build()?;
+        let served = describe(&recipe.files())?;
+        Ok(TlsSource {
+            recipe,
             used_by,
-            current: RwLock::new(config),
+            current: RwLock::new(built),
             state: Mutex::new(State {
                 fingerprint,
                 served,
@@ -118,15 +207,30 @@ impl TlsSource {
         })
     }
 
-    /// The configuration for a new handshake.
+    /// The server configuration for a new handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .server,
+        )
+    }
+
+    /// The client configuration for a new outbound handshake; only mesh identities have one.
+    pub fn client(&self) -> Option<Arc<ClientConfig>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .client
+            .clone()
     }
 
     /// Looks at the files; if their content changed, builds and swaps in the new material, or
     /// records (and logs) why it cannot. Cheap when nothing changed.
     pub fn refresh(&self) {
-        let fingerprint = fingerprint(&self.settings);
+        let fingerprint = fingerprint(&self.recipe.files());
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if fingerprint == state.fingerprint {
             return;
@@ -135,7 +239,7 @@ impl TlsSource {
         match self.rebuild() {
             Ok((config, served)) => {
                 tracing::info!(
-                    certificate = %self.settings.server_certificate.display(),
+                    certificate = %self.recipe.files().certificate.display(),
                     serial = %served.leaf.serial,
                     used_by = ?self.used_by,
                     "TLS material reloaded; new handshakes use it"
@@ -153,17 +257,16 @@ impl TlsSource {
         }
     }
 
-    fn rebuild(&self) -> Result<(Arc<ServerConfig>, Served), Problems> {
-        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
-        let described = describe(&self.settings);
-        let built = server_config(&self.settings, &alpn);
+    fn rebuild(&self) -> Result<(Built, Served), Problems> {
+        let files = self.recipe.files();
+        let described = describe(&files);
+        let built = self.recipe.build();
         let (config, served) = match (built, described) {
             (Ok(config), Ok(served)) => (config, served),
-            (Err(e), _) | (_, Err(e)) => return Err(attribute(&self.settings, e)),
+            (Err(e), _) | (_, Err(e)) => return Err(attribute(&files, e)),
         };
         let now = unix_now();
-        if let Some(reason) = outside_validity(&self.settings.server_certificate, &served.leaf, now)
-        {
+        if let Some(reason) = outside_validity(files.certificate, &served.leaf, now) {
             return Err(Problems {
                 cert: Some(reason),
                 root: None,
@@ -177,12 +280,10 @@ impl TlsSource {
         let now = unix_now();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let served = state.served.clone();
+        let paths = self.recipe.files();
         let files = [
-            Some((&self.settings.server_certificate, &served.leaf)),
-            self.settings
-                .ca_certificates
-                .as_ref()
-                .zip(served.root.as_ref()),
+            Some((paths.certificate, &served.leaf)),
+            paths.ca.zip(served.root.as_ref()),
         ];
         for (path, facts) in files.into_iter().flatten() {
             let left = facts.not_after - now;
@@ -217,17 +318,18 @@ impl TlsSource {
                 not_after_unix: facts.not_after,
                 used_by: self.used_by.clone(),
             };
+        let files = self.recipe.files();
         let mut rows = vec![row(
             format!(
                 "file-cert:{}~{}",
-                self.settings.server_certificate.display(),
-                self.settings.private_key.display()
+                files.certificate.display(),
+                files.key.display()
             ),
             "Cert Chain",
             &state.served.leaf,
             &state.problems.cert,
         )];
-        if let (Some(ca), Some(root)) = (&self.settings.ca_certificates, &state.served.root) {
+        if let (Some(ca), Some(root)) = (files.ca, &state.served.root) {
             rows.push(row(
                 format!("file-root:{}", ca.display()),
                 "CA",
@@ -241,17 +343,13 @@ impl TlsSource {
 
 /// Which file a failed rebuild is about: the CA (or its CRL) if only they do not load, else
 /// the certificate and key.
-fn attribute(settings: &TlsSettings, error: TlsError) -> Problems {
-    let ca_fails = settings
-        .ca_certificates
-        .as_deref()
+fn attribute(files: &Files<'_>, error: TlsError) -> Problems {
+    let ca_fails = files
+        .ca
         .is_some_and(|ca| load::ca_certificates(ca).is_err())
-        || settings
-            .ca_crl
-            .as_deref()
-            .is_some_and(|crl| load::crls(crl).is_err());
-    let pair_loads = load::certificate_chain(&settings.server_certificate).is_ok()
-        && load::private_key(&settings.private_key).is_ok();
+        || files.crl.is_some_and(|crl| load::crls(crl).is_err());
+    let pair_loads =
+        load::certificate_chain(files.certificate).is_ok() && load::private_key(files.key).is_ok();
     if ca_fails && pair_loads {
         Problems {
             cert: None,
@@ -266,13 +364,13 @@ fn attribute(settings: &TlsSettings, error: TlsError) -> Problems {
 }
 
 /// Hash of every configured file's content (or of the error reading it).
-fn fingerprint(settings: &TlsSettings) -> u64 {
+fn fingerprint(files: &Files<'_>) -> u64 {
     let mut hasher = DefaultHasher::new();
     let files = [
-        Some(settings.server_certificate.as_path()),
-        Some(settings.private_key.as_path()),
-        settings.ca_certificates.as_deref(),
-        settings.ca_crl.as_deref(),
+        Some(files.certificate),
+        Some(files.key),
+        files.ca,
+        files.crl,
     ];
     for path in files.into_iter().flatten() {
         match std::fs::read(path) {
@@ -283,10 +381,10 @@ fn fingerprint(settings: &TlsSettings) -> u64 {
     hasher.finish()
 }
 
-fn describe(settings: &TlsSettings) -> Result<Served, TlsError> {
-    let chain = load::certificate_chain(&settings.server_certificate)?;
-    let leaf = facts(&settings.server_certificate, &chain[0])?;
-    let root = match &settings.ca_certificates {
+fn describe(files: &Files<'_>) -> Result<Served, TlsError> {
+    let chain = load::certificate_chain(files.certificate)?;
+    let leaf = facts(files.certificate, &chain[0])?;
+    let root = match files.ca {
         Some(ca) => {
             let roots = load::ca_certificates(ca)?;
             Some(facts(ca, &roots[0])?)
