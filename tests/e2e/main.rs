@@ -10,6 +10,7 @@ mod drain;
 mod fail_closed;
 mod limits;
 mod logging;
+mod mesh;
 mod metrics;
 mod policies;
 mod reload;

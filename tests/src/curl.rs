@@ -27,8 +27,26 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = netns.command("curl");
-    cmd.args(["--max-time", CURL_MAX_TIME_SECS]).args(args);
-    let output = crate::cmd::run_output(&mut cmd)?;
+    cmd.args(bounded_args(args));
+    run_curl(&mut cmd)
+}
+
+/// `--max-time 20`, followed by `args`: a later `--max-time` in `args` wins.
+pub(crate) fn bounded_args<I, S>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    ["--max-time", CURL_MAX_TIME_SECS]
+        .iter()
+        .map(std::ffi::OsString::from)
+        .chain(args.into_iter().map(|arg| arg.as_ref().to_os_string()))
+        .collect()
+}
+
+/// Runs `cmd`, a whole curl command line. A non-zero exit is a result, not an error.
+pub(crate) fn run_curl(cmd: &mut std::process::Command) -> Result<CurlResult> {
+    let output = crate::cmd::run_output(cmd)?;
     Ok(CurlResult {
         exit_code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

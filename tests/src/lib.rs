@@ -22,6 +22,7 @@
 mod certs;
 mod cmd;
 mod curl;
+mod mesh;
 mod netns;
 mod postern;
 mod process;
@@ -34,6 +35,10 @@ mod topology;
 pub use certs::{SeedCerts, SEED_OPENSSL_COMMANDS};
 pub use cmd::{display_command, shell_quote};
 pub use curl::{curl, CurlResult};
+pub use mesh::{
+    cgroup2_mount, httpbin_mesh_workload, remove_cgroup, spiffe_id, Cgroup, MeshCerts, MeshClient,
+    MESH_CLIENT_IPV4, OTHER_TRUST_DOMAIN, POD_MESH_LINK_IPV4, TEST_CGROUP_PREFIX, TRUST_DOMAIN,
+};
 pub use netns::{Netns, TEST_NETNS_PREFIX};
 pub use postern::{
     find_postern_bin, CheckResult, KeptPostern, Postern, PosternOptions, TEST_BPFFS_PREFIX,

@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::mesh::{cgroup2_mount, remove_cgroup, TEST_CGROUP_PREFIX};
 use crate::netns::{destroy, TEST_NETNS_PREFIX};
 use crate::postern::{remove_bpffs_dir, TEST_BPFFS_PREFIX};
 use crate::process::{stop_process, BPFFS_ROOT};
 
 /// Removes every leftover of the test bed and says what it found: processes started with a
-/// test bpffs dir (`--bpffs /sys/fs/bpf/postern-test-*`), network namespaces named `pt-*`, and
-/// `/sys/fs/bpf/postern-test-*` dirs. An empty list means the tests cleaned up after themselves.
+/// test bpffs dir (`--bpffs /sys/fs/bpf/postern-test-*`), network namespaces named `pt-*`,
+/// cgroups named `postern-test-*`, and `/sys/fs/bpf/postern-test-*` dirs. An empty list means the tests cleaned up after themselves.
 /// Do not call it while tests run.
 pub fn sweep_leftovers() -> Vec<String> {
     let mut found = Vec::new();
@@ -28,6 +29,15 @@ pub fn sweep_leftovers() -> Vec<String> {
     for name in names_in(Path::new("/run/netns"), TEST_NETNS_PREFIX) {
         let result = destroy(&name);
         found.push(note(format!("netns {name}"), result));
+    }
+    if let Ok(root) = cgroup2_mount() {
+        for name in names_in(&root, TEST_CGROUP_PREFIX) {
+            let result = remove_cgroup(&root.join(&name));
+            found.push(note(
+                format!("cgroup {}", root.join(name).display()),
+                result,
+            ));
+        }
     }
     for name in names_in(Path::new(BPFFS_ROOT), TEST_BPFFS_PREFIX) {
         let dir = Path::new(BPFFS_ROOT).join(name);

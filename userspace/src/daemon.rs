@@ -24,6 +24,7 @@ use crate::config::LoadOptions;
 use crate::handover::{self, Key};
 use crate::metrics::PortMetrics;
 use crate::netns::Netns;
+use crate::outbound::Outbound;
 use crate::policy::{
     ConnectionLimits, MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy,
 };
@@ -97,6 +98,8 @@ struct Plan {
     sources: Vec<Arc<TlsSource>>,
     /// Every listener's metrics.
     metrics: Vec<Arc<PortMetrics>>,
+    /// Every mesh identity, by workload (`namespace/name`).
+    identities: BTreeMap<String, Arc<TlsSource>>,
 }
 
 /// What a new plan may reuse: listeners (kept across a reload, or taken over from the
@@ -198,7 +201,8 @@ pub async fn run(
             reusable.listeners.insert(key.clone(), Arc::new(listener));
         }
     }
-    let plan = plan(&table, options.timeouts, &reusable)?;
+    let mut plan = plan(&table, options.timeouts, &reusable)?;
+    let identities = std::mem::take(&mut plan.identities);
     let http = admin_listener(inherited_http, options.admin_address).await?;
     tracing::info!(address = %http.local_addr()?, "admin endpoint listening");
     let admin = crate::admin::bind(&options.admin_socket, taken.is_some()).with_context(|| {
@@ -222,17 +226,30 @@ pub async fn run(
         lives: BTreeMap::new(),
         connections: Arc::new(terminator::Connections::default()),
     };
-    if let Err(e) = serving.apply(plan, &table, &state, options) {
-        let _ = std::fs::remove_file(&options.admin_socket);
-        for attached in state.take_steering() {
-            if !attached.steering.adopted() {
-                if let Err(undo) = attached.steering.detach() {
-                    tracing::error!("while undoing a partial start: {undo:#}");
+    let started = serving.apply(plan, &table, &state, options).and_then(|_| {
+        // Outbound capture is set up once, here: a reload leaves it as it is.
+        Outbound::start(
+            &table,
+            &identities,
+            &options.bpffs,
+            options.timeouts,
+            &serving.connections,
+        )
+    });
+    let mut outbound = match started {
+        Ok(outbound) => outbound,
+        Err(e) => {
+            let _ = std::fs::remove_file(&options.admin_socket);
+            for attached in state.take_steering() {
+                if !attached.steering.adopted() {
+                    if let Err(undo) = attached.steering.detach() {
+                        tracing::error!("while undoing a partial start: {undo:#}");
+                    }
                 }
             }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     drop(reusable);
     let inodes: Vec<u64> = serving.lives.keys().map(|(inode, _)| *inode).collect();
     crate::redirect::remove_unused(&options.bpffs, &inodes)?;
@@ -319,13 +336,15 @@ pub async fn run(
 
     match ending {
         Ending::Shutdown => {
+            outbound.stop_accepting().await;
             serving.drain(&state, options.drain_timeout).await;
             let _ = stop_admin.send(true);
             for task in background {
                 let _ = task.await;
             }
-            tracing::info!("detaching from every network namespace");
-            detach_all(state.take_steering())
+            tracing::info!("detaching from every network namespace and cgroup");
+            let steering = detach_all(state.take_steering());
+            outbound.detach().and(steering)
         }
         Ending::HandedOver => {
             // The admin endpoints belong to the new postern now: stop answering at once, or
@@ -334,6 +353,7 @@ pub async fn run(
             for task in background {
                 let _ = task.await;
             }
+            outbound.stop_accepting().await;
             serving.drain(&state, options.drain_timeout).await;
             // The new postern adopted the pinned link and maps: leave them be.
             drop(state.take_steering());
@@ -585,6 +605,7 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
     let mut plans = Vec::new();
     let mut sources = Vec::new();
     let mut metrics = Vec::new();
+    let mut identities = BTreeMap::new();
     for (reference, workloads) in by_netns {
         let netns = Arc::new(Netns::open(reference)?);
         let planner = Planner {
@@ -596,6 +617,9 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
         for workload in workloads {
             let identity = mesh_identity(workload)?;
             sources.extend(identity.iter().cloned());
+            if let Some(identity) = &identity {
+                identities.insert(workload.id(), Arc::clone(identity));
+            }
             for port in &workload.ports {
                 planned.push(planner.port(workload, port, identity.as_ref(), &mut sources)?);
             }
@@ -612,6 +636,7 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
         namespaces: plans,
         sources,
         metrics,
+        identities,
     })
 }
 

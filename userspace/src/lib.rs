@@ -7,12 +7,14 @@
 //! splices.
 
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod handover;
 pub mod http_admin;
 pub mod metrics;
 pub mod netns;
+pub mod outbound;
 pub mod policy;
 pub mod redirect;
 pub mod terminator;

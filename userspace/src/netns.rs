@@ -84,6 +84,32 @@ impl Netns {
         }
     }
 
+    /// The namespace's own addresses, without loopback and IPv6 link-local ones: where other
+    /// workloads reach it.
+    pub fn addresses(&self) -> io::Result<Vec<std::net::IpAddr>> {
+        let interfaces = self.run(|| nix::ifaddrs::getifaddrs().map_err(io::Error::from))?;
+        let mut addresses: Vec<std::net::IpAddr> = interfaces
+            .filter_map(|interface| {
+                let address = interface.address?;
+                let v4 = address
+                    .as_sockaddr_in()
+                    .map(|a| std::net::IpAddr::V4(a.ip()));
+                v4.or_else(|| {
+                    address
+                        .as_sockaddr_in6()
+                        .map(|a| std::net::IpAddr::V6(a.ip()))
+                })
+            })
+            .filter(|ip| match ip {
+                std::net::IpAddr::V4(v4) => !v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
     /// Runs `create` inside this namespace on the current thread, then returns to postern's
     /// own. `create` must not block or yield: it is meant for creating sockets.
     pub fn run<T>(&self, create: impl FnOnce() -> io::Result<T>) -> io::Result<T> {

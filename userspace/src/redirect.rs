@@ -30,7 +30,8 @@ use postern_common::{
 use crate::netns::Netns;
 
 /// The eBPF object built by `build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/postern-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/postern-ebpf"));
 
 const PROGRAM: &str = "steer_to_postern";
 /// `statfs(2)` magic of bpffs.
@@ -193,7 +194,7 @@ impl Steering {
         rules: &[SteeringRule<'_>],
     ) -> Result<Steering, RedirectError> {
         let name = netns.reference().to_string();
-        let dir = prepare_pin_dir(root, netns.inode())?;
+        let dir = prepare_pin_dir(root, &format!("netns-{}", netns.inode()))?;
         let link_path = dir.join("link");
         match adopt(&dir) {
             Ok(Some((link, maps, installed))) => {
@@ -313,21 +314,32 @@ impl Steering {
         let Steering {
             table, dir, link, ..
         } = self;
-        let fd_link = link.unpin().map_err(|source| RedirectError::Io {
-            what: "cannot unpin",
-            path: dir.join("link"),
-            source,
-        })?;
-        drop(fd_link);
         remove_map_pins(&dir)?;
-        fs::remove_dir(&dir).map_err(|source| RedirectError::Io {
-            what: "cannot remove",
-            path: dir.clone(),
-            source,
-        })?;
+        unpin_all(&dir, [(link, "link")])?;
         tracing::debug!(netns = %table.netns, "detached sk_lookup");
         Ok(())
     }
+}
+
+/// Unpins each `(link, name)` pinned at `dir/name`, which detaches it once this process lets
+/// go of it, then removes `dir`.
+pub(crate) fn unpin_all<'a>(
+    dir: &Path,
+    links: impl IntoIterator<Item = (PinnedLink, &'a str)>,
+) -> Result<(), RedirectError> {
+    for (link, name) in links {
+        let fd_link = link.unpin().map_err(|source| RedirectError::Io {
+            what: "cannot unpin",
+            path: dir.join(name),
+            source,
+        })?;
+        drop(fd_link);
+    }
+    fs::remove_dir(dir).map_err(|source| RedirectError::Io {
+        what: "cannot remove",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 impl Table {
@@ -473,8 +485,8 @@ pub fn remove_unused(root: &Path, keep: &[u64]) -> Result<(), RedirectError> {
     Ok(())
 }
 
-/// Creates `<root>/netns-<inode>` on bpffs.
-fn prepare_pin_dir(root: &Path, inode: u64) -> Result<PathBuf, RedirectError> {
+/// Creates `<root>/<name>` on bpffs.
+pub(crate) fn prepare_pin_dir(root: &Path, name: &str) -> Result<PathBuf, RedirectError> {
     let parent = root.parent().unwrap_or(root);
     let stat = nix::sys::statfs::statfs(parent).map_err(|e| RedirectError::Io {
         what: "cannot stat",
@@ -486,7 +498,7 @@ fn prepare_pin_dir(root: &Path, inode: u64) -> Result<PathBuf, RedirectError> {
             path: parent.to_path_buf(),
         });
     }
-    let dir = root.join(format!("netns-{inode}"));
+    let dir = root.join(name);
     fs::create_dir_all(&dir).map_err(|source| RedirectError::Io {
         what: "cannot create",
         path: dir.clone(),
@@ -543,7 +555,7 @@ fn remove_map_pins(dir: &Path) -> Result<(), RedirectError> {
 
 /// Takes over a link pinned by an earlier postern whose maps cannot be adopted: unpins it so
 /// the new one can be pinned at the same path, and keeps it attached until dropped.
-fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectError> {
+pub(crate) fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectError> {
     if !path.exists() {
         return Ok(None);
     }
@@ -557,11 +569,11 @@ fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectError> {
         path: path.to_path_buf(),
         source,
     })?;
-    tracing::warn!(path = %path.display(), "replacing the sk_lookup attachment of a postern that did not shut down cleanly");
+    tracing::warn!(path = %path.display(), "replacing the kernel attachment of a postern that did not shut down cleanly");
     Ok(Some(link))
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Loads the eBPF object and pins its (empty) maps in `dir`.
 fn load(dir: &Path) -> Result<(Ebpf, Maps), BoxError> {

@@ -143,7 +143,7 @@ pub fn bind_listener(netns: &Netns) -> io::Result<TcpListener> {
     TcpListener::from_std(listener)
 }
 
-fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+pub(crate) fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -166,8 +166,33 @@ pub async fn serve(
     listener: Arc<TcpListener>,
     mut service: watch::Receiver<Arc<PortService>>,
     connections: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    accept_until(&listener, connections, shutdown, |stream, peer| {
+        let service = Arc::clone(&service.borrow_and_update());
+        tracing::debug!(workload = %service.workload, %peer, "accepted");
+        // Counted here, before the task runs, so a burst cannot slip past the limit.
+        let admitted = service
+            .limits
+            .max_connections
+            .is_none_or(|max| service.metrics.active() < u64::from(max));
+        service.metrics.opened();
+        async move { handle(stream, peer, service, admitted).await }
+    })
+    .await
+}
+
+/// The accept loop of every listener: until `shutdown` turns true, each accepted connection
+/// gets the task `on_accept` makes for it, counted in `connections`.
+pub(crate) async fn accept_until<F, T>(
+    listener: &TcpListener,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+    mut on_accept: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> T,
+    T: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         if *shutdown.borrow() {
             return;
@@ -177,17 +202,10 @@ pub async fn serve(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let service = Arc::clone(&service.borrow_and_update());
-                    tracing::debug!(workload = %service.workload, %peer, "accepted");
-                    // Counted here, before the task runs, so a burst cannot slip past the limit.
-                    let admitted = service
-                        .limits
-                        .max_connections
-                        .is_none_or(|max| service.metrics.active() < u64::from(max));
-                    service.metrics.opened();
                     let tracked = connections.track();
+                    let task = on_accept(stream, peer);
                     tokio::spawn(async move {
-                        handle(stream, peer, service, admitted).await;
+                        task.await;
                         drop(tracked);
                     });
                 }
@@ -203,19 +221,19 @@ pub async fn serve(
 
 /// What one connection did, for its access-log line.
 #[derive(Default)]
-struct Record {
-    tls_version: Option<&'static str>,
+pub(crate) struct Record {
+    pub(crate) tls_version: Option<&'static str>,
     client_subject: Option<String>,
     /// The peer's SPIFFE ID, over mesh mTLS.
-    peer_identity: Option<String>,
+    pub(crate) peer_identity: Option<String>,
     alpn: Option<String>,
-    bytes_from_client: u64,
-    bytes_to_client: u64,
+    pub(crate) bytes_from_client: u64,
+    pub(crate) bytes_to_client: u64,
 }
 
 /// Why a connection ended before or during splicing.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(crate) enum Failure {
     #[error("TLS handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("TLS handshake failed: {0}")]
@@ -224,6 +242,11 @@ enum Failure {
     Reset(&'static str),
     #[error("cannot connect to the app at {endpoint}: {error}")]
     Connect { endpoint: String, error: io::Error },
+    #[error("cannot connect to the mesh destination {destination}: {error}")]
+    Upstream {
+        destination: SocketAddr,
+        error: io::Error,
+    },
     #[error("connection broke: {0}")]
     Splice(io::Error),
     #[error(
@@ -238,12 +261,13 @@ enum Failure {
 
 impl Failure {
     /// A short, stable word for dashboards and grep.
-    fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Failure::HandshakeTimeout(_) => "handshake_timeout",
             Failure::Handshake(_) => "handshake_failed",
             Failure::Reset(_) => "reset",
             Failure::Connect { .. } => "app_unreachable",
+            Failure::Upstream { .. } => "upstream_unreachable",
             Failure::Splice(_) => "broken",
             Failure::OverLimit(_) => "over_limit",
             Failure::Idle(_) => "idle_timeout",
@@ -396,7 +420,7 @@ async fn apply_policy(
 }
 
 /// Closes with RST instead of FIN.
-fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: TcpStream) {
     if let Err(e) = stream.set_zero_linger() {
         tracing::debug!(error = %e, "cannot set SO_LINGER 0; closing with FIN");
     }
@@ -462,7 +486,7 @@ async fn connect_tcp(netns: &Netns, addr: SocketAddr) -> io::Result<TcpStream> {
 /// passed on as a half-close (FIN, or TLS close_notify then FIN), so a client that stops
 /// sending can still receive the whole answer, and the other way round. The port's idle
 /// timeout and maximum duration end it early.
-async fn splice<C, A>(
+pub(crate) async fn splice<C, A>(
     client: C,
     app: A,
     record: &mut Record,
@@ -554,6 +578,6 @@ where
 }
 
 /// `::ffff:a.b.c.d` (what a dual-stack socket reports for IPv4) as plain IPv4.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(IpAddr::to_canonical(&addr.ip()), addr.port())
 }

@@ -77,8 +77,43 @@ pub struct RuleCounters {
     pub dropped: u64,
 }
 
+/// Port of postern's outbound listeners in a workload's network namespace, on `127.0.0.1`
+/// and `::1` (Istio's outbound capture port). Captured connects are redirected there.
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Value of a mesh destination entry: connects to it are captured.
+pub const MESH_DESTINATION_CAPTURE: u32 = 1;
+/// Value of a mesh destination entry: connects to it pass untouched, even if the address has
+/// an every-port entry (a DISABLE port of a STRICT workload).
+pub const MESH_DESTINATION_PASS: u32 = 0;
+
+/// Capacity of the mesh destination table of one captured cgroup.
+pub const MAX_MESH_DESTINATIONS: u32 = 4096;
+
+/// Capacity of the original-destination tables: connections being set up at once.
+pub const MAX_PENDING_CONNECTIONS: u32 = 65536;
+
+/// A TCP endpoint: IPv4 as `::ffff:a.b.c.d`, port in host byte order. Key of the mesh
+/// destination table (port 0: every port of the address) and of the original-destination
+/// table (the client socket's local address), and the latter's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketEndpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub pad: u16,
+}
+
+impl SocketEndpoint {
+    pub const fn new(addr: [u8; 16], port: u16) -> Self {
+        Self { addr, port, pad: 0 }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
+    // SAFETY: plain old data with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::SocketEndpoint {}
     // SAFETY: plain old data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::RuleKey {}
     // SAFETY: as above.

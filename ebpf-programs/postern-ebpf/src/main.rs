@@ -7,11 +7,18 @@
 //! down), the connection is dropped, which the client sees as a reset: traffic meant for TLS
 //! never reaches the app in clear.
 //!
+//! `capture` holds the outbound capture programs, attached to mesh workloads' cgroups.
+//!
 //! Built for the bpf target only; on the host this file is an empty program so that workspace
 //! wide commands (`cargo test --workspace`) do not trip over it.
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod addr;
+#[cfg(target_arch = "bpf")]
+mod capture;
 
 #[cfg(target_arch = "bpf")]
 mod program {
@@ -30,6 +37,8 @@ mod program {
     };
 
     use core::ptr::read_volatile;
+
+    use crate::addr::{v4_mapped, v6_bytes};
 
     const AF_INET: u32 = 2;
     const AF_INET6: u32 = 10;
@@ -172,28 +181,6 @@ mod program {
             // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
             update(unsafe { &mut *counters });
         }
-    }
-
-    /// `u32` fields hold the address bytes in network order; `to_ne_bytes` gives them back.
-    fn v4_mapped(ip: u32) -> [u8; 16] {
-        let b = ip.to_ne_bytes();
-        [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
-        ]
-    }
-
-    fn v6_bytes(ip: [u32; 4]) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        let mut i = 0;
-        while i < 4 {
-            let b = ip[i].to_ne_bytes();
-            out[i * 4] = b[0];
-            out[i * 4 + 1] = b[1];
-            out[i * 4 + 2] = b[2];
-            out[i * 4 + 3] = b[3];
-            i += 1;
-        }
-        out
     }
 
     #[panic_handler]

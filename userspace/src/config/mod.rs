@@ -16,7 +16,7 @@ mod resolve;
 mod sidecar;
 mod table;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod values;
 mod workload;
 

@@ -1,0 +1,476 @@
+//! Outbound origination: a mesh workload's app connects in plain TCP to another mesh
+//! workload; the kernel (`capture`) redirects the connect to postern's outbound listener in the
+//! app's network namespace, and postern carries the bytes over mesh mutual TLS, with the
+//! client workload's identity, to the original destination, whose SPIFFE ID it verifies.
+//!
+//! The app never sees a certificate. A destination whose identity does not match is refused
+//! before any of the app's bytes are sent.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use anyhow::Context as _;
+
+use crate::capture::{Capture, MeshDestination, OriginalDestinations, Verdict};
+use crate::netns::Netns;
+use crate::policy::{ConnectionLimits, MtlsMode, PolicyTable, PortAction, WorkloadPolicy};
+use crate::terminator::{self, canonical, reset, Connections, Failure, Record, Timeouts};
+use crate::tls::mesh::peer_spiffe_id;
+use crate::tls::reload::TlsSource;
+
+/// How long to look for a captured connection's original destination. The kernel records it
+/// before the client acknowledges the handshake, so the first look finds it; the bound only
+/// guards against a record that never comes (e.g. the table was full).
+const LOOKUP_ATTEMPTS: u32 = 20;
+const LOOKUP_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Every mesh destination, and the SPIFFE ID postern expects to find there.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MeshDirectory {
+    /// (address, port) → the identity there, or `None` for a port that is not in the mesh
+    /// (DISABLE). Port 0 stands for every other port of a STRICT workload.
+    entries: BTreeMap<(IpAddr, u16), Option<String>>,
+}
+
+impl MeshDirectory {
+    /// The mesh ports of every workload that has a mesh identity, at the addresses
+    /// `addresses` gives for it: STRICT and PERMISSIVE ports, and every other port of a
+    /// STRICT workload. DISABLE ports of those workloads are listed as not in the mesh.
+    pub fn build(
+        table: &PolicyTable,
+        addresses: impl Fn(&WorkloadPolicy) -> io::Result<Vec<IpAddr>>,
+    ) -> io::Result<MeshDirectory> {
+        let mut entries = BTreeMap::new();
+        for workload in &table.workloads {
+            let Some(mesh) = &workload.mesh else {
+                continue;
+            };
+            let identity = Some(mesh.spiffe_id.clone());
+            let mut ports: Vec<(u16, Option<String>)> = workload
+                .ports
+                .iter()
+                .map(|port| {
+                    let in_mesh =
+                        matches!(port.action, PortAction::MeshStrict | PortAction::Permissive);
+                    (port.port, in_mesh.then(|| identity.clone()).flatten())
+                })
+                .collect();
+            if workload.other_ports == MtlsMode::Strict {
+                ports.push((0, identity.clone()));
+            }
+            for address in addresses(workload)? {
+                for (port, identity) in &ports {
+                    entries.insert((address, *port), identity.clone());
+                }
+            }
+        }
+        Ok(MeshDirectory { entries })
+    }
+
+    /// The SPIFFE ID expected at `destination`, if it is in the mesh.
+    pub fn expected_identity(&self, destination: SocketAddr) -> Option<&str> {
+        let address = destination.ip().to_canonical();
+        self.entries
+            .get(&(address, destination.port()))
+            .or_else(|| self.entries.get(&(address, 0)))?
+            .as_deref()
+    }
+
+    /// The table the kernel's capture programs consult.
+    pub fn destinations(&self) -> Vec<MeshDestination> {
+        self.entries
+            .iter()
+            .map(|((address, port), identity)| MeshDestination {
+                address: *address,
+                port: (*port != 0).then_some(*port),
+                verdict: if identity.is_some() {
+                    Verdict::Capture
+                } else {
+                    Verdict::Pass
+                },
+            })
+            .collect()
+    }
+}
+
+/// The addresses a workload is reached at: its configured ones, else every address of its
+/// network namespace.
+fn workload_addresses(workload: &WorkloadPolicy) -> io::Result<Vec<IpAddr>> {
+    if !workload.addresses.is_empty() {
+        return Ok(workload.addresses.clone());
+    }
+    Netns::open(&workload.netns)?.addresses()
+}
+
+/// One mesh workload's outbound side.
+struct OutboundService {
+    /// `namespace/name` of the client workload.
+    pub workload: String,
+    pub netns: Arc<Netns>,
+    /// The client workload's identity: its client configuration originates mTLS.
+    pub identity: Arc<TlsSource>,
+    /// Where captured connections were going.
+    pub original: Arc<OriginalDestinations>,
+    pub directory: Arc<MeshDirectory>,
+    pub timeouts: Timeouts,
+}
+
+/// postern's outbound listeners in `netns`: `127.0.0.1` and `::1` on `OUTBOUND_PORT`, where the
+/// capture programs send connects. Without IPv6 in the namespace, IPv4 alone (IPv6 connects
+/// are then refused: they fail closed).
+fn bind_outbound_listeners(netns: &Netns) -> io::Result<Vec<TcpListener>> {
+    let port = postern_common::OUTBOUND_PORT;
+    let v4 = netns.run(|| terminator::listen_on(SocketAddr::from((Ipv4Addr::LOCALHOST, port))))?;
+    let mut listeners = vec![TcpListener::from_std(v4)?];
+    match netns.run(|| terminator::listen_on(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))) {
+        Ok(v6) => listeners.push(TcpListener::from_std(v6)?),
+        Err(e) => {
+            tracing::warn!(netns = %netns.reference(), error = %e, "no IPv6 outbound listener; IPv6 mesh destinations will be refused")
+        }
+    }
+    Ok(listeners)
+}
+
+/// The outbound side of every mesh workload whose cgroup is captured: the capture attachments
+/// and the accept loops of the outbound listeners. Set up once, at start.
+pub struct Outbound {
+    captures: Vec<Capture>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Outbound {
+    /// Binds the outbound listeners of every captured workload, attaches the capture to each
+    /// cgroup (all undone if one fails), and starts accepting. `identities` are the workloads'
+    /// mesh identities by `namespace/name`.
+    pub fn start(
+        table: &PolicyTable,
+        identities: &BTreeMap<String, Arc<TlsSource>>,
+        bpffs: &Path,
+        timeouts: Timeouts,
+        connections: &Arc<Connections>,
+    ) -> anyhow::Result<Outbound> {
+        let mut planned = Vec::new();
+        for workload in &table.workloads {
+            let (Some(mesh), Some(identity)) = (&workload.mesh, identities.get(&workload.id()))
+            else {
+                continue;
+            };
+            let Some(cgroup) = &mesh.cgroup else {
+                continue;
+            };
+            let netns = Arc::new(Netns::open(&workload.netns)?);
+            let listeners = bind_outbound_listeners(&netns).with_context(|| {
+                format!(
+                    "{}: cannot create the outbound listener (port {}) in network namespace {}",
+                    workload.id(),
+                    postern_common::OUTBOUND_PORT,
+                    netns.reference()
+                )
+            })?;
+            planned.push((
+                workload.id(),
+                netns,
+                cgroup,
+                Arc::clone(identity),
+                listeners,
+            ));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let mut outbound = Outbound {
+            captures: Vec::new(),
+            stop,
+            tasks: Vec::new(),
+        };
+        if planned.is_empty() {
+            return Ok(outbound);
+        }
+        // Finding workloads' addresses means entering their namespaces: only when needed.
+        let directory = Arc::new(
+            MeshDirectory::build(table, workload_addresses)
+                .context("cannot find the addresses of the mesh workloads")?,
+        );
+        let destinations = directory.destinations();
+        for (workload, netns, cgroup, identity, listeners) in planned {
+            let capture = match Capture::attach(cgroup, bpffs, &destinations) {
+                Ok(capture) => capture,
+                Err(e) => {
+                    if let Err(undo) = outbound.detach() {
+                        tracing::error!("while undoing a partial start: {undo:#}");
+                    }
+                    return Err(
+                        anyhow::Error::from(e).context(format!("{workload}: outbound capture"))
+                    );
+                }
+            };
+            tracing::info!(%workload, cgroup = %cgroup.display(), "originating mesh mTLS for captured connections");
+            let service = Arc::new(OutboundService {
+                workload,
+                netns,
+                identity,
+                original: capture.original_destinations(),
+                directory: Arc::clone(&directory),
+                timeouts,
+            });
+            outbound.captures.push(capture);
+            for listener in listeners {
+                outbound.tasks.push(tokio::spawn(serve(
+                    listener,
+                    Arc::clone(&service),
+                    Arc::clone(connections),
+                    stopped.clone(),
+                )));
+            }
+        }
+        Ok(outbound)
+    }
+
+    /// Stops accepting and closes the outbound listeners. The capture stays attached, so new
+    /// connects of the workloads are refused, never sent in clear.
+    pub async fn stop_accepting(&mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// Unpins and detaches every capture.
+    pub fn detach(self) -> anyhow::Result<()> {
+        let mut failures = Vec::new();
+        for capture in self.captures {
+            let cgroup = capture.cgroup().display().to_string();
+            if let Err(e) = capture.detach() {
+                failures.push(format!("cgroup {cgroup}: {e}"));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("could not detach cleanly: {}", failures.join("; "))
+        }
+    }
+}
+
+/// Accepts until `shutdown` turns true; each connection runs on its own task, counted in
+/// `connections`.
+async fn serve(
+    listener: TcpListener,
+    service: Arc<OutboundService>,
+    connections: Arc<Connections>,
+    shutdown: watch::Receiver<bool>,
+) {
+    terminator::accept_until(&listener, connections, shutdown, |stream, peer| {
+        let service = Arc::clone(&service);
+        async move { handle(stream, peer, &service).await }
+    })
+    .await
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, service: &OutboundService) {
+    let started = Instant::now();
+    let mut record = Record::default();
+    let mut destination = None;
+    let result = originate(client, peer, service, &mut destination, &mut record).await;
+    let (outcome, reason) = match &result {
+        Ok(()) => ("ok", String::new()),
+        Err(failure) => (failure.outcome(), failure.to_string()),
+    };
+    tracing::info!(
+        target: "postern::access",
+        direction = %"outbound",
+        workload = %service.workload,
+        original_dst = %destination.map_or_else(|| "-".to_owned(), |d: SocketAddr| d.to_string()),
+        peer = %canonical(peer),
+        tls_version = %record.tls_version.unwrap_or("-"),
+        peer_identity = %record.peer_identity.as_deref().unwrap_or("-"),
+        bytes_from_client = record.bytes_from_client,
+        bytes_to_client = record.bytes_to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome = %outcome,
+        reason = ?reason,
+    );
+}
+
+async fn originate(
+    client: TcpStream,
+    peer: SocketAddr,
+    service: &OutboundService,
+    destination: &mut Option<SocketAddr>,
+    record: &mut Record,
+) -> Result<(), Failure> {
+    let Some(original) = original_destination(&service.original, peer).await else {
+        reset(client);
+        return Err(Failure::Reset(
+            "the kernel recorded no original destination for this connection",
+        ));
+    };
+    *destination = Some(original);
+    let Some(expected) = service.directory.expected_identity(original) else {
+        reset(client);
+        return Err(Failure::Reset(
+            "the original destination is not in the mesh",
+        ));
+    };
+    let upstream =
+        match tokio::time::timeout(service.timeouts.connect, connect(&service.netns, original))
+            .await
+        {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                reset(client);
+                return Err(Failure::Upstream {
+                    destination: original,
+                    error,
+                });
+            }
+            Err(_) => {
+                reset(client);
+                let timeout = service.timeouts.connect;
+                return Err(Failure::Upstream {
+                    destination: original,
+                    error: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {timeout:?}"),
+                    ),
+                });
+            }
+        };
+    let Some(config) = service.identity.client() else {
+        reset(client);
+        return Err(Failure::Reset(
+            "the workload's identity has no client configuration",
+        ));
+    };
+    let connector = TlsConnector::from(config);
+    let name = ServerName::IpAddress(original.ip().into());
+    let handshake = tokio::time::timeout(
+        service.timeouts.handshake,
+        connector.connect(name, upstream),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            reset(client);
+            return Err(Failure::Handshake(e));
+        }
+        Err(_) => {
+            reset(client);
+            return Err(Failure::HandshakeTimeout(service.timeouts.handshake));
+        }
+    };
+    let (_, session) = tls.get_ref();
+    record.tls_version = session.protocol_version().map(crate::tls::version_name);
+    record.peer_identity = peer_spiffe_id(session.peer_certificates());
+    if record.peer_identity.as_deref() != Some(expected) {
+        reset(client);
+        return Err(Failure::Handshake(io::Error::other(format!(
+            "the server at {original} is {}, expected {expected}",
+            record.peer_identity.as_deref().unwrap_or("no SPIFFE ID")
+        ))));
+    }
+    terminator::splice(client, tls, record, &ConnectionLimits::default()).await
+}
+
+async fn original_destination(
+    original: &OriginalDestinations,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    for _ in 0..LOOKUP_ATTEMPTS {
+        if let Some(destination) = original.take(peer) {
+            return Some(destination);
+        }
+        tokio::time::sleep(LOOKUP_INTERVAL).await;
+    }
+    None
+}
+
+/// Connects from inside the client workload's network namespace, so that the connection
+/// leaves by its routes and addresses. The socket belongs to postern's cgroup, so the capture
+/// programs do not see it.
+async fn connect(netns: &Netns, destination: SocketAddr) -> io::Result<TcpStream> {
+    let socket = netns.run(|| match destination {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    })?;
+    socket.set_nodelay(true)?;
+    socket.connect(destination).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testing::{load, stream, SEED_DISABLE_PORT, SEED_GLOBAL_MTLS, SEED_SIDECAR};
+
+    const HTTPBIN: &str = "apiVersion: postern.dev/v1alpha1\nkind: Workload\n\
+        metadata: {name: httpbin, labels: {app: httpbin, version: v1}}\n\
+        spec: {networkNamespace: /run/netns/httpbin, serviceAccount: httpbin, \
+        meshCertificates: /certs/httpbin}";
+    const PLAIN: &str = "apiVersion: postern.dev/v1alpha1\nkind: Workload\n\
+        metadata: {name: plain}\nspec: {networkNamespace: /run/netns/plain}";
+
+    #[test]
+    fn the_seed_puts_9081_and_other_ports_in_the_mesh_but_not_9080() {
+        let table = load(&stream(&[
+            SEED_GLOBAL_MTLS,
+            SEED_DISABLE_PORT,
+            SEED_SIDECAR,
+            HTTPBIN,
+            PLAIN,
+        ]))
+        .unwrap();
+        let pod: IpAddr = "198.18.0.2".parse().unwrap();
+        let directory = MeshDirectory::build(&table, |workload| {
+            Ok(match workload.name.as_str() {
+                "httpbin" => vec![pod],
+                _ => vec!["198.18.9.9".parse().unwrap()],
+            })
+        })
+        .unwrap();
+        let at = |port| SocketAddr::new(pod, port);
+        let httpbin = Some("spiffe://cluster.local/ns/test/sa/httpbin");
+        assert_eq!(directory.expected_identity(at(9081)), httpbin);
+        assert_eq!(directory.expected_identity(at(22)), httpbin);
+        assert_eq!(directory.expected_identity(at(9080)), None);
+        // A v4-mapped destination is the same address.
+        let mapped = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped()),
+            9081,
+        );
+        assert_eq!(directory.expected_identity(mapped), httpbin);
+        // A workload without identity is not a mesh destination.
+        assert_eq!(
+            directory.expected_identity("198.18.9.9:9081".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            directory.destinations(),
+            [
+                MeshDestination {
+                    address: pod,
+                    port: None,
+                    verdict: Verdict::Capture
+                },
+                MeshDestination {
+                    address: pod,
+                    port: Some(9080),
+                    verdict: Verdict::Pass
+                },
+                MeshDestination {
+                    address: pod,
+                    port: Some(9081),
+                    verdict: Verdict::Capture
+                },
+            ]
+        );
+    }
+}
