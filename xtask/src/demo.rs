@@ -1,8 +1,10 @@
 //! `cargo xtask demo [--keep | --down]`: the seed, re-enacted with postern on this host.
 //!
-//! Network namespaces `httpbin` (the pod) and `external` (the client outside the mesh), the
-//! seed's certificates and manifests, postern, and the seed's Verification section, each
-//! request printed as a user would type it, with its outcome against the seed's expectation.
+//! Network namespaces `httpbin` (the pod), `sleep` (the client inside the mesh, with its own
+//! cgroup) and `external` (the client outside the mesh), the seed's certificates and
+//! manifests, mesh identities for both workloads, postern, and the seed's Verification
+//! section, each request printed as a user would type it, with its outcome against the seed's
+//! expectation.
 //! `POSTERN_BIN=PATH` uses that binary instead of building one (`cargo build -p postern`).
 
 use std::collections::HashMap;
@@ -12,8 +14,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use postern_testbed::{
-    curl, require_root, seed_curl_args, shell_quote, stop_process, CurlResult, Netns, Postern,
-    PosternOptions, SeedRequest, SeedTopology, TopologyOptions, NAMESPACE,
+    cgroup2_mount, curl, display_command, httpbin_mesh_workload, remove_cgroup, require_root,
+    seed_curl_args, shell_quote, spiffe_id, stop_process, CurlResult, MeshCerts, MeshClient, Netns,
+    Postern, PosternOptions, SeedRequest, SeedTopology, TopologyOptions, NAMESPACE,
+    SEED_PEER_AUTHENTICATION_DEFAULT, SEED_PEER_AUTHENTICATION_HTTPBIN, SEED_SIDECAR, TRUST_DOMAIN,
 };
 
 use crate::process::{cargo, run as run_command, target_dir};
@@ -21,22 +25,34 @@ use crate::process::{cargo, run as run_command, target_dir};
 const DEMO_DIR: &str = "/run/postern-demo";
 const POD_NETNS: &str = "httpbin";
 const CLIENT_NETNS: &str = "external";
+const MESH_CLIENT_NETNS: &str = "sleep";
+/// The in-mesh client's cgroup, under the cgroup v2 mount.
+const MESH_CLIENT_CGROUP: &str = "postern-demo-sleep";
 const BPFFS_DIR: &str = "/sys/fs/bpf/postern-demo";
 
-/// The seed's Verification section, as far as it concerns the client outside the mesh.
+/// The in-mesh step: the seed's "Verify internal mesh connectivity on port 8080". Without a
+/// Service, the client uses the port the Service's 8080 targets.
+const MESH_STEP: (&str, &str) = (
+    "a",
+    "internal mesh connectivity: plain http from sleep, inside the mesh, to the internal port",
+);
+const MESH_URL: &str = "http://198.18.0.2:9081/status/200";
+const MESH_EXPECTATION: &str = "HTTP 200 from httpbin, carried over mesh mTLS by postern";
+
+/// The rest of the seed's Verification section: the client outside the mesh.
 const STEPS: [(&str, &str, SeedRequest); 3] = [
     (
-        "a",
+        "b",
         "mTLS with the seed's client certificate to the external port",
         SeedRequest::ExternalMtls,
     ),
     (
-        "b",
+        "c",
         "the same without a client certificate",
         SeedRequest::ExternalNoClientCert,
     ),
     (
-        "c",
+        "d",
         "plain http to the internal port, from outside the mesh",
         SeedRequest::InternalPlaintext,
     ),
@@ -53,7 +69,7 @@ fn work_dir() -> PathBuf {
 pub fn run(keep: bool) -> Result<()> {
     require_root()?;
     crate::setup::run()?;
-    let existing: Vec<&str> = [POD_NETNS, CLIENT_NETNS]
+    let existing: Vec<&str> = [POD_NETNS, CLIENT_NETNS, MESH_CLIENT_NETNS]
         .into_iter()
         .filter(|name| Netns::exists(name))
         .collect();
@@ -71,6 +87,13 @@ pub fn run(keep: bool) -> Result<()> {
             } else {
                 "absent"
             },
+        );
+    }
+    let cgroup = cgroup2_mount()?.join(MESH_CLIENT_CGROUP);
+    if cgroup.exists() {
+        bail!(
+            "a demo is already set up here (cgroup {}): tear it down with `cargo xtask demo --down`",
+            cgroup.display()
         );
     }
     let result = demo(keep);
@@ -107,6 +130,11 @@ fn demo(keep: bool) -> Result<()> {
         topology.httpbin_pid().unwrap_or_default()
     );
     println!("netns {CLIENT_NETNS:<8} eth0 198.18.0.1/24 2001:db8::1/64");
+    let client = MeshClient::attach_named(&topology, MESH_CLIENT_NETNS, MESH_CLIENT_CGROUP)?;
+    println!(
+        "netns {MESH_CLIENT_NETNS:<8} eth0 198.18.1.1/24, route to 198.18.0.2 via the pod; cgroup {}",
+        client.cgroup().display()
+    );
     println!(
         "certificates, made by the seed's openssl commands: {}",
         topology.certs().dir.display()
@@ -116,9 +144,17 @@ fn demo(keep: bool) -> Result<()> {
         topology.tls_certs_dir().display(),
         topology.tls_ca_certs_dir().display()
     );
-    let config = topology.seed_config()?;
+    let mesh_certs = MeshCerts::generate(&work_dir().join("mesh"))?;
+    let httpbin_identity = mesh_certs.issue("httpbin", &spiffe_id(TRUST_DOMAIN, "httpbin"))?;
+    let sleep_identity = mesh_certs.issue("sleep", &spiffe_id(TRUST_DOMAIN, "sleep"))?;
+    println!(
+        "mesh identities (tls.crt, tls.key, ca.crt), issued by a mesh root made with openssl: {}, {}",
+        httpbin_identity.display(),
+        sleep_identity.display()
+    );
+    let config = mesh_config(&topology, &client, &httpbin_identity, &sleep_identity)?;
 
-    heading("The seed's manifests, checked by postern");
+    heading("The seed's manifests and the two Workloads, checked by postern");
     let mut check_line = format!("$ {} check", bin.display());
     for path in &config {
         check_line.push_str(&format!(
@@ -150,9 +186,19 @@ fn demo(keep: bool) -> Result<()> {
         postern.log_path().display()
     );
 
-    heading("Verification: the seed's requests from the external client");
+    heading("Verification: the seed's requests from inside and outside the mesh");
     let mut commands = Vec::new();
     let mut mismatches = 0;
+    let (step, title) = MESH_STEP;
+    let mesh_args = ["-v", MESH_URL];
+    let command = display_command(&client.command("curl", mesh_args));
+    println!("\n({step}) {title}\n$ {command}");
+    let before = topology.httpbin_requests()?;
+    let result = client.curl(mesh_args)?;
+    let reached_app = httpbin_saw_more(&topology, before, true)?;
+    let ok = result.http_status() == Some(200) && reached_app;
+    mismatches += usize::from(!report(&result, reached_app, ok, MESH_EXPECTATION));
+    commands.push(command);
     for (step, title, request) in STEPS {
         let args = seed_curl_args(&topology, request);
         let command = user_command(&args);
@@ -163,13 +209,7 @@ fn demo(keep: bool) -> Result<()> {
             httpbin_saw_more(&topology, before, request == SeedRequest::ExternalMtls)?;
         let ok =
             request.matches_seed(&result) && reached_app == (request == SeedRequest::ExternalMtls);
-        println!("  {}", outcome(&result, reached_app));
-        if ok {
-            println!("  ✓ as the seed expects: {}", request.expectation());
-        } else {
-            mismatches += 1;
-            println!("  ✗ the seed expects: {}", request.expectation());
-        }
+        mismatches += usize::from(!report(&result, reached_app, ok, request.expectation()));
         commands.push(command);
     }
 
@@ -181,13 +221,16 @@ fn demo(keep: bool) -> Result<()> {
 
     if keep {
         let postern = postern.keep();
+        let (mesh_netns, mesh_cgroup) = client.keep();
         let topology = topology.keep();
         let state = format!(
-            "postern_pid={}\nbpffs_dir={}\npod_netns={}\nclient_netns={}\nhttpbin_pid={}\nwork_dir={}\n",
+            "postern_pid={}\nbpffs_dir={}\npod_netns={}\nclient_netns={}\nmesh_client_netns={}\nmesh_client_cgroup={}\nhttpbin_pid={}\nwork_dir={}\n",
             postern.pid,
             postern.bpffs_dir.display(),
             topology.pod_netns,
             topology.client_netns,
+            mesh_netns,
+            mesh_cgroup.display(),
             topology.httpbin_pid.unwrap_or_default(),
             topology.work_dir.display(),
         );
@@ -205,17 +248,63 @@ fn demo(keep: bool) -> Result<()> {
         println!("\nTear it all down with: cargo xtask demo --down");
     } else {
         drop(postern);
+        drop(client);
         drop(topology);
-        heading("Torn down: postern stopped, pins removed, namespaces deleted");
+        heading("Torn down: postern stopped, pins removed, namespaces and cgroup deleted");
     }
+    let steps = STEPS.len() + 1;
     if mismatches > 0 {
-        bail!(
-            "{mismatches} of {} steps did not match the seed",
-            STEPS.len()
-        );
+        bail!("{mismatches} of {steps} steps did not match the seed");
     }
-    println!("\nAll {} steps match the seed.", STEPS.len());
+    println!("\nAll {steps} steps match the seed.");
     Ok(())
+}
+
+/// The seed's PeerAuthentications and Sidecar, verbatim, and the two Workloads with their mesh
+/// identities: httpbin, and sleep with its cgroup captured.
+fn mesh_config(
+    topology: &SeedTopology,
+    client: &MeshClient,
+    httpbin_identity: &Path,
+    sleep_identity: &Path,
+) -> Result<Vec<PathBuf>> {
+    let dir = work_dir().join("config");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let workloads = format!(
+        "{}---\n{}",
+        httpbin_mesh_workload(topology, httpbin_identity),
+        client.workload(sleep_identity)
+    );
+    [
+        (
+            "peer-authentication-default.yaml",
+            SEED_PEER_AUTHENTICATION_DEFAULT,
+        ),
+        (
+            "peer-authentication-httpbin.yaml",
+            SEED_PEER_AUTHENTICATION_HTTPBIN,
+        ),
+        ("sidecar.yaml", SEED_SIDECAR),
+        ("workloads.yaml", workloads.as_str()),
+    ]
+    .into_iter()
+    .map(|(name, text)| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    })
+    .collect()
+}
+
+/// Prints a step's outcome and verdict; returns whether it matched the seed.
+fn report(result: &CurlResult, reached_app: bool, ok: bool, expectation: &str) -> bool {
+    println!("  {}", outcome(result, reached_app));
+    if ok {
+        println!("  ✓ as the seed expects: {expectation}");
+    } else {
+        println!("  ✗ the seed expects: {expectation}");
+    }
+    ok
 }
 
 /// `nsenter --net=/run/netns/external curl ARGS`, shell-quoted.
@@ -273,12 +362,24 @@ pub fn down() -> Result<()> {
         std::fs::remove_dir_all(bpffs_dir).with_context(|| format!("cannot remove {bpffs_dir}"))?;
         done.push(format!("removed pins {bpffs_dir}"));
     }
-    for (key, default) in [("pod_netns", POD_NETNS), ("client_netns", CLIENT_NETNS)] {
+    for (key, default) in [
+        ("pod_netns", POD_NETNS),
+        ("client_netns", CLIENT_NETNS),
+        ("mesh_client_netns", MESH_CLIENT_NETNS),
+    ] {
         let name = state.get(key).map_or(default, String::as_str);
         if Netns::exists(name) {
             Netns::adopt(name)?.delete()?;
             done.push(format!("deleted netns {name} and what ran in it"));
         }
+    }
+    let cgroup = match state.get("mesh_client_cgroup") {
+        Some(path) => PathBuf::from(path),
+        None => cgroup2_mount()?.join(MESH_CLIENT_CGROUP),
+    };
+    if cgroup.exists() {
+        remove_cgroup(&cgroup)?;
+        done.push(format!("removed cgroup {}", cgroup.display()));
     }
     if Path::new(DEMO_DIR).exists() {
         std::fs::remove_dir_all(DEMO_DIR).with_context(|| format!("cannot remove {DEMO_DIR}"))?;
