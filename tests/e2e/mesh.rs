@@ -27,6 +27,7 @@ fn permissive_9081() -> String {
 /// postern serving them. Fields drop in order: postern first, then the client, then the pod.
 struct Mesh {
     postern: Postern,
+    config: Vec<PathBuf>,
     client: MeshClient,
     certs: MeshCerts,
     topology: SeedTopology,
@@ -53,6 +54,7 @@ impl Mesh {
         let postern = Postern::start(&postern_bin(), &topology, &config, &[]).unwrap();
         Mesh {
             postern,
+            config,
             client,
             certs,
             topology,
@@ -299,6 +301,43 @@ fn killed_postern_leaves_the_mesh_client_refused_not_in_clear() {
     );
     assert_eq!(pod_tcp_segments_in(&mesh.topology), before);
     assert_eq!(httpbin_requests(&mesh.topology), 0);
+}
+
+/// A postern started after one was killed takes over its pinned capture and serves the mesh
+/// client; stopped cleanly, it unpins everything, and the client's connects go out uncaptured.
+#[test]
+fn a_restarted_postern_takes_over_the_capture_and_a_clean_stop_removes_it() {
+    let mut mesh = Mesh::seed();
+    mesh.postern.kill(Signal::Kill).unwrap();
+    mesh.postern.wait_exit().unwrap();
+    let options = PosternOptions {
+        bpffs_dir: Some(mesh.postern.bpffs_dir().to_path_buf()),
+        ..PosternOptions::default()
+    };
+    let mut second =
+        Postern::start_with(&postern_bin(), &mesh.topology, &mesh.config, &[], &options).unwrap();
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+
+    second.kill(Signal::Term).unwrap();
+    let status = second.wait_exit().unwrap();
+    assert!(status.success(), "{status}\n{}", second.log());
+    let left: Vec<_> = std::fs::read_dir(second.bpffs_dir())
+        .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left pinned: {left:?}");
+
+    // No longer captured: the SYN now reaches the pod, where nothing listens on 9081.
+    let before = pod_tcp_segments_in(&mesh.topology);
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(
+        result.exit_code,
+        CURL_CONNECT_REFUSED,
+        "{}",
+        result.summary()
+    );
+    assert!(pod_tcp_segments_in(&mesh.topology) > before);
+    assert_eq!(httpbin_requests(&mesh.topology), 1);
 }
 
 /// httpbin's certificate names another service account: postern refuses to start, naming
