@@ -157,6 +157,28 @@ fn in_mesh_client_reaches_the_strict_port_in_plain_http_over_mesh_mtls() {
     );
 }
 
+/// The same over IPv6: `cgroup/connect6` captures, the outbound listener on `[::1]` accepts.
+#[test]
+fn in_mesh_client_reaches_the_strict_port_over_ipv6() {
+    let mesh = Mesh::seed();
+    let result = mesh
+        .client
+        .curl(["-v", "-g", "http://[2001:db8::2]:9081/status/200"])
+        .unwrap();
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    let outbound = mesh.access_line("[2001:db8::2]:9081", true);
+    assert!(outbound.contains("peer=[::1]:"), "{outbound}");
+    let inbound = mesh.access_line("[2001:db8::2]:9081", false);
+    assert!(
+        inbound.contains(&format!(
+            "peer_identity={}",
+            spiffe_id(TRUST_DOMAIN, "sleep")
+        )),
+        "{inbound}"
+    );
+    assert_eq!(httpbin_requests(&mesh.topology), 1);
+}
+
 #[test]
 fn outside_the_mesh_the_strict_port_resets_and_the_external_port_still_needs_its_certificate() {
     let mesh = Mesh::seed();

@@ -3,7 +3,7 @@
 //! namespace and cgroup v2 directory.
 
 use std::ffi::OsStr;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +16,7 @@ use crate::cmd::run_checked;
 use crate::curl::{bounded_args, run_curl, CurlResult};
 use crate::netns::Netns;
 use crate::seed::NAMESPACE;
-use crate::topology::{SeedTopology, POD_IPV4};
+use crate::topology::{SeedTopology, POD_IPV4, POD_IPV6};
 
 /// The mesh's trust domain (postern's default, Istio's default).
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -28,6 +28,9 @@ pub const MESH_CLIENT_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 /// The pod's address on the in-mesh client's link. The client reaches the pod's seed address
 /// (`198.18.0.2`) through it.
 pub const POD_MESH_LINK_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The same link's IPv6 addresses; the client reaches the pod's `2001:db8::2` through it.
+pub const MESH_CLIENT_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const POD_MESH_LINK_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
 /// Every cgroup the test bed makes is `<cgroup2 mount>/postern-test-<pid>-<n>`;
 /// [`crate::sweep_leftovers`] removes whatever is left of them.
@@ -227,8 +230,9 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 }
 
 /// The seed's in-mesh `sleep` client: its own network namespace, linked to the pod
-/// (`198.18.1.1` ↔ `198.18.1.2`, with a route to the pod's seed address `198.18.0.2`), and its
-/// own cgroup, where every command it runs is placed. Dropping it kills those and removes both.
+/// (`198.18.1.1` ↔ `198.18.1.2`, `2001:db8:1::1` ↔ `2001:db8:1::2`, with routes to the pod's
+/// seed addresses `198.18.0.2` and `2001:db8::2`), and its own cgroup, where every command it
+/// runs is placed. Dropping it kills those and removes both.
 pub struct MeshClient {
     // Dropped in order: the cgroup (its processes are killed), then the namespace.
     cgroup: Cgroup,
@@ -269,20 +273,13 @@ impl MeshClient {
                 pod.name(),
             ])
             .context("cannot link the mesh client to the pod")?;
-        netns.ip([
-            "addr",
-            "add",
-            &format!("{MESH_CLIENT_IPV4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        pod.ip([
-            "addr",
-            "add",
-            &format!("{POD_MESH_LINK_IPV4}/24"),
-            "dev",
-            "eth1",
-        ])?;
+        for (ns, link, v4, v6) in [
+            (&netns, "eth0", MESH_CLIENT_IPV4, MESH_CLIENT_IPV6),
+            (pod, "eth1", POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6),
+        ] {
+            ns.ip(["addr", "add", &format!("{v4}/24"), "dev", link])?;
+            ns.ip(["addr", "add", &format!("{v6}/64"), "dev", link, "nodad"])?;
+        }
         for (ns, link) in [(&netns, "eth0"), (pod, "eth1")] {
             ns.ip(["link", "set", link, "up"])?;
         }
@@ -293,6 +290,14 @@ impl MeshClient {
             &format!("{POD_IPV4}/32"),
             "via",
             &POD_MESH_LINK_IPV4.to_string(),
+        ])?;
+        netns.ip([
+            "-6",
+            "route",
+            "add",
+            &format!("{POD_IPV6}/128"),
+            "via",
+            &POD_MESH_LINK_IPV6.to_string(),
         ])?;
         Ok(MeshClient { cgroup, netns })
     }
