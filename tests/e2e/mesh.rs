@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use postern_testbed::{
-    curl, httpbin_mesh_workload, seed_curl_args, spiffe_id, MeshCerts, MeshClient, Postern,
-    PosternOptions, SeedRequest, SeedTopology, Signal, TopologyOptions, OTHER_TRUST_DOMAIN,
-    SEED_PEER_AUTHENTICATION_DEFAULT, SEED_PEER_AUTHENTICATION_HTTPBIN, SEED_SIDECAR, TRUST_DOMAIN,
+    curl, httpbin_mesh_workload, seed_curl_args, seed_service, spiffe_id, MeshCerts, MeshClient,
+    Postern, PosternOptions, SeedRequest, SeedTopology, Signal, TopologyOptions,
+    OTHER_TRUST_DOMAIN, SEED_PEER_AUTHENTICATION_DEFAULT, SEED_PEER_AUTHENTICATION_HTTPBIN,
+    SEED_SIDECAR, SERVICE_IP, TRUST_DOMAIN,
 };
 
 use crate::{httpbin_requests, postern_bin, write_config};
@@ -90,6 +91,34 @@ impl Mesh {
     }
 }
 
+/// Checks that `result` is httpbin's 200, carried over mesh mTLS: the client's postern sent
+/// the connection to `original_dst` on to `upstream` and verified httpbin's identity; the
+/// pod's postern saw sleep's. Returns the outbound access-log line.
+fn assert_over_mesh(
+    mesh: &Mesh,
+    result: &postern_testbed::CurlResult,
+    original_dst: &str,
+    upstream: &str,
+) -> String {
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    let outbound = mesh.access_line(original_dst, true);
+    let httpbin = format!("peer_identity={}", spiffe_id(TRUST_DOMAIN, "httpbin"));
+    assert!(
+        outbound.contains(&format!("upstream={upstream} "))
+            && outbound.contains(&httpbin)
+            && outbound.contains("outcome=ok"),
+        "{outbound}"
+    );
+    let inbound = mesh.access_line(upstream, false);
+    let sleep = format!("peer_identity={}", spiffe_id(TRUST_DOMAIN, "sleep"));
+    assert!(
+        inbound.contains(&sleep) && inbound.contains("outcome=ok"),
+        "{inbound}"
+    );
+    assert_eq!(httpbin_requests(&mesh.topology), 1);
+    outbound
+}
+
 fn mesh_topology() -> (SeedTopology, MeshClient, MeshCerts) {
     let topology = SeedTopology::build(TopologyOptions::default()).unwrap();
     let client = MeshClient::attach(&topology).unwrap();
@@ -110,9 +139,10 @@ fn mesh_config(
         .issue("sleep", &spiffe_id(TRUST_DOMAIN, "sleep"))
         .unwrap();
     let workloads = format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         httpbin_mesh_workload(topology, httpbin_certificates),
-        client.workload(&sleep)
+        client.workload(&sleep),
+        seed_service()
     );
     [
         (
@@ -135,25 +165,29 @@ fn mesh_config(
 fn in_mesh_client_reaches_the_strict_port_in_plain_http_over_mesh_mtls() {
     let mesh = Mesh::seed();
     let result = mesh.get_from_mesh_client(9081);
-    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
-    assert_eq!(httpbin_requests(&mesh.topology), 1);
+    assert_over_mesh(&mesh, &result, "198.18.0.2:9081", "198.18.0.2:9081");
+}
 
-    // The pod's postern saw the client's identity; the client's postern verified the pod's.
-    let inbound = mesh.access_line("198.18.0.2:9081", false);
-    assert!(
-        inbound.contains(&format!(
-            "peer_identity={}",
-            spiffe_id(TRUST_DOMAIN, "sleep")
-        )) && inbound.contains("outcome=ok"),
-        "{inbound}"
-    );
-    let outbound = mesh.access_line("198.18.0.2:9081", true);
-    assert!(
-        outbound.contains(&format!(
-            "peer_identity={}",
-            spiffe_id(TRUST_DOMAIN, "httpbin")
-        )) && outbound.contains("outcome=ok"),
-        "{outbound}"
+/// The seed's own request, `curl http://httpbin:8080/status/200`, from sleep to the seed's
+/// Service: postern sends it to the pod's port 9081, the Service's target port.
+#[test]
+fn in_mesh_client_reaches_the_service_port_8080() {
+    let mesh = Mesh::seed();
+    let resolve = format!("httpbin:8080:{SERVICE_IP}");
+    let result = mesh
+        .client
+        .curl([
+            "-v",
+            "--resolve",
+            &resolve,
+            "http://httpbin:8080/status/200",
+        ])
+        .unwrap();
+    assert_over_mesh(
+        &mesh,
+        &result,
+        &format!("{SERVICE_IP}:8080"),
+        "198.18.0.2:9081",
     );
 }
 
@@ -165,18 +199,8 @@ fn in_mesh_client_reaches_the_strict_port_over_ipv6() {
         .client
         .curl(["-v", "-g", "http://[2001:db8::2]:9081/status/200"])
         .unwrap();
-    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
-    let outbound = mesh.access_line("[2001:db8::2]:9081", true);
+    let outbound = assert_over_mesh(&mesh, &result, "[2001:db8::2]:9081", "[2001:db8::2]:9081");
     assert!(outbound.contains("peer=[::1]:"), "{outbound}");
-    let inbound = mesh.access_line("[2001:db8::2]:9081", false);
-    assert!(
-        inbound.contains(&format!(
-            "peer_identity={}",
-            spiffe_id(TRUST_DOMAIN, "sleep")
-        )),
-        "{inbound}"
-    );
-    assert_eq!(httpbin_requests(&mesh.topology), 1);
 }
 
 #[test]

@@ -36,9 +36,9 @@ pub use certs::{SeedCerts, SEED_OPENSSL_COMMANDS};
 pub use cmd::{display_command, shell_quote};
 pub use curl::{curl, CurlResult};
 pub use mesh::{
-    cgroup2_mount, httpbin_mesh_workload, remove_cgroup, spiffe_id, Cgroup, MeshCerts, MeshClient,
-    MESH_CLIENT_IPV4, MESH_CLIENT_IPV6, OTHER_TRUST_DOMAIN, POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6,
-    TEST_CGROUP_PREFIX, TRUST_DOMAIN,
+    cgroup2_mount, httpbin_mesh_workload, remove_cgroup, seed_service, spiffe_id, Cgroup,
+    MeshCerts, MeshClient, MESH_CLIENT_IPV4, MESH_CLIENT_IPV6, OTHER_TRUST_DOMAIN,
+    POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6, SERVICE_IP, TEST_CGROUP_PREFIX, TRUST_DOMAIN,
 };
 pub use netns::{Netns, TEST_NETNS_PREFIX};
 pub use postern::{

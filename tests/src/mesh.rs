@@ -38,6 +38,35 @@ pub const TEST_CGROUP_PREFIX: &str = "postern-test-";
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// The virtual IP the test bed gives the seed's Service (the seed's `kubectl get svc` shows
+/// `10.100.78.113`; any address works, as connects to it never leave the client).
+pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 78, 113);
+
+/// The seed's httpbin Service, verbatim but for `clusterIP`, which Kubernetes would assign.
+pub fn seed_service() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: httpbin
+  labels:
+    app: httpbin
+    service: httpbin
+spec:
+  clusterIP: {SERVICE_IP}
+  ports:
+  - port: 8443
+    name: https
+    targetPort: 9080
+  - port: 8080
+    name: http
+    targetPort: 9081
+  selector:
+    app: httpbin
+"
+    )
+}
+
 /// `spiffe://DOMAIN/ns/test/sa/ACCOUNT`.
 pub fn spiffe_id(domain: &str, service_account: &str) -> String {
     format!("spiffe://{domain}/ns/{NAMESPACE}/sa/{service_account}")

@@ -33,66 +33,94 @@ use crate::tls::reload::TlsSource;
 const LOOKUP_ATTEMPTS: u32 = 20;
 const LOOKUP_INTERVAL: Duration = Duration::from_millis(5);
 
+/// Where a captured connection goes, and who must answer there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MeshTarget {
+    /// The SPIFFE ID the server must present.
+    identity: String,
+    /// For a Service's virtual IP, the selected workload's address and the target port;
+    /// `None` for the original destination itself.
+    upstream: Option<SocketAddr>,
+}
+
 /// Every mesh destination, and the SPIFFE ID postern expects to find there.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MeshDirectory {
-    /// (address, port) → the identity there, or `None` for a port that is not in the mesh
+    /// (address, port) → where to and whom, or `None` for a port that is not in the mesh
     /// (DISABLE). Port 0 stands for every other port of a STRICT workload.
-    entries: BTreeMap<(IpAddr, u16), Option<String>>,
+    entries: BTreeMap<(IpAddr, u16), Option<MeshTarget>>,
 }
 
 impl MeshDirectory {
     /// The mesh ports of every workload that has a mesh identity, at the addresses
     /// `addresses` gives for it: STRICT and PERMISSIVE ports, and every other port of a
-    /// STRICT workload. DISABLE ports of those workloads are listed as not in the mesh.
+    /// STRICT workload. DISABLE ports of those workloads are listed as not in the mesh. Then
+    /// each Service's virtual IP and ports, sent to the first selected workload with a mesh
+    /// identity (postern does not balance load), where its target port is a mesh port.
     pub fn build(
         table: &PolicyTable,
         addresses: impl Fn(&WorkloadPolicy) -> io::Result<Vec<IpAddr>>,
     ) -> io::Result<MeshDirectory> {
         let mut entries = BTreeMap::new();
-        for workload in &table.workloads {
-            let Some(mesh) = &workload.mesh else {
-                continue;
-            };
-            let identity = Some(mesh.spiffe_id.clone());
-            let mut ports: Vec<(u16, Option<String>)> = workload
-                .ports
-                .iter()
-                .map(|port| {
-                    let in_mesh =
-                        matches!(port.action, PortAction::MeshStrict | PortAction::Permissive);
-                    (port.port, in_mesh.then(|| identity.clone()).flatten())
-                })
-                .collect();
+        let mut found = BTreeMap::new();
+        for workload in table.workloads.iter().filter(|w| w.mesh.is_some()) {
+            let mut ports: Vec<u16> = workload.ports.iter().map(|port| port.port).collect();
             if workload.other_ports == MtlsMode::Strict {
-                ports.push((0, identity.clone()));
+                ports.push(0);
             }
-            for address in addresses(workload)? {
-                for (port, identity) in &ports {
-                    entries.insert((address, *port), identity.clone());
+            let workload_addresses = addresses(workload)?;
+            for address in &workload_addresses {
+                for port in &ports {
+                    let target = mesh_identity_at(workload, *port).map(|identity| MeshTarget {
+                        identity,
+                        upstream: None,
+                    });
+                    entries.insert((*address, *port), target);
                 }
+            }
+            found.insert(workload.id(), (workload, workload_addresses));
+        }
+        for service in &table.services {
+            let backend = service.workloads.iter().find_map(|id| {
+                let (workload, addresses) = found.get(id)?;
+                Some((*workload, same_family_first(addresses, service.cluster_ip)?))
+            });
+            for (port, target_port) in &service.ports {
+                let target = backend.and_then(|(workload, address)| {
+                    Some(MeshTarget {
+                        identity: mesh_identity_at(workload, *target_port)?,
+                        upstream: Some(SocketAddr::new(address, *target_port)),
+                    })
+                });
+                entries.insert((service.cluster_ip, *port), target);
             }
         }
         Ok(MeshDirectory { entries })
     }
 
-    /// The SPIFFE ID expected at `destination`, if it is in the mesh.
-    pub fn expected_identity(&self, destination: SocketAddr) -> Option<&str> {
+    /// Where a connection captured on its way to `destination` goes, and the SPIFFE ID
+    /// expected there; `None` if `destination` is not in the mesh.
+    pub fn target(&self, destination: SocketAddr) -> Option<(SocketAddr, &str)> {
         let address = destination.ip().to_canonical();
-        self.entries
+        let target = self
+            .entries
             .get(&(address, destination.port()))
             .or_else(|| self.entries.get(&(address, 0)))?
-            .as_deref()
+            .as_ref()?;
+        let upstream = target
+            .upstream
+            .unwrap_or(SocketAddr::new(address, destination.port()));
+        Some((upstream, target.identity.as_str()))
     }
 
     /// The table the kernel's capture programs consult.
     pub fn destinations(&self) -> Vec<MeshDestination> {
         self.entries
             .iter()
-            .map(|((address, port), identity)| MeshDestination {
+            .map(|((address, port), target)| MeshDestination {
                 address: *address,
                 port: (*port != 0).then_some(*port),
-                verdict: if identity.is_some() {
+                verdict: if target.is_some() {
                     Verdict::Capture
                 } else {
                     Verdict::Pass
@@ -100,6 +128,29 @@ impl MeshDirectory {
             })
             .collect()
     }
+}
+
+/// The workload's SPIFFE ID if `port` (0: any port without a rule of its own) takes mesh mTLS:
+/// a STRICT or PERMISSIVE port, or any other port of a STRICT workload.
+fn mesh_identity_at(workload: &WorkloadPolicy, port: u16) -> Option<String> {
+    let in_mesh = match workload.ports.iter().find(|p| p.port == port) {
+        Some(policy) => matches!(
+            policy.action,
+            PortAction::MeshStrict | PortAction::Permissive
+        ),
+        None => workload.other_ports == MtlsMode::Strict,
+    };
+    let identity = workload.mesh.as_ref()?.spiffe_id.clone();
+    in_mesh.then_some(identity)
+}
+
+/// The first of `addresses` of the same family as `like`, else the first.
+fn same_family_first(addresses: &[IpAddr], like: IpAddr) -> Option<IpAddr> {
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4() == like.is_ipv4())
+        .or(addresses.first())
+        .copied()
 }
 
 /// The addresses a workload is reached at: its configured ones, else every address of its
@@ -275,11 +326,21 @@ async fn serve(
     .await
 }
 
+/// Where a captured connection was going, and where postern sent it, for the access log.
+#[derive(Default)]
+struct Route {
+    original: Option<SocketAddr>,
+    /// The original destination, or for a Service, the selected workload's target port.
+    upstream: Option<SocketAddr>,
+}
+
 async fn handle(client: TcpStream, peer: SocketAddr, service: &OutboundService) {
     let started = Instant::now();
     let mut record = Record::default();
-    let mut destination = None;
-    let result = originate(client, peer, service, &mut destination, &mut record).await;
+    let mut route = Route::default();
+    let result = originate(client, peer, service, &mut route, &mut record).await;
+    let shown =
+        |address: Option<SocketAddr>| address.map_or_else(|| "-".to_owned(), |a| a.to_string());
     let (outcome, reason) = match &result {
         Ok(()) => ("ok", String::new()),
         Err(failure) => (failure.outcome(), failure.to_string()),
@@ -288,7 +349,8 @@ async fn handle(client: TcpStream, peer: SocketAddr, service: &OutboundService) 
         target: "postern::access",
         direction = %"outbound",
         workload = %service.workload,
-        original_dst = %destination.map_or_else(|| "-".to_owned(), |d: SocketAddr| d.to_string()),
+        original_dst = %shown(route.original),
+        upstream = %shown(route.upstream),
         peer = %canonical(peer),
         tls_version = %record.tls_version.unwrap_or("-"),
         peer_identity = %record.peer_identity.as_deref().unwrap_or("-"),
@@ -304,7 +366,7 @@ async fn originate(
     client: TcpStream,
     peer: SocketAddr,
     service: &OutboundService,
-    destination: &mut Option<SocketAddr>,
+    route: &mut Route,
     record: &mut Record,
 ) -> Result<(), Failure> {
     let Some(original) = original_destination(&service.original, peer).await else {
@@ -313,22 +375,22 @@ async fn originate(
             "the kernel recorded no original destination for this connection",
         ));
     };
-    *destination = Some(original);
-    let Some(expected) = service.directory.expected_identity(original) else {
+    route.original = Some(original);
+    let Some((target, expected)) = service.directory.target(original) else {
         reset(client);
         return Err(Failure::Reset(
             "the original destination is not in the mesh",
         ));
     };
+    route.upstream = Some(target);
     let upstream =
-        match tokio::time::timeout(service.timeouts.connect, connect(&service.netns, original))
-            .await
+        match tokio::time::timeout(service.timeouts.connect, connect(&service.netns, target)).await
         {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
                 reset(client);
                 return Err(Failure::Upstream {
-                    destination: original,
+                    destination: target,
                     error,
                 });
             }
@@ -336,7 +398,7 @@ async fn originate(
                 reset(client);
                 let timeout = service.timeouts.connect;
                 return Err(Failure::Upstream {
-                    destination: original,
+                    destination: target,
                     error: io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("no answer within {timeout:?}"),
@@ -351,7 +413,7 @@ async fn originate(
         ));
     };
     let connector = TlsConnector::from(config);
-    let name = ServerName::IpAddress(original.ip().into());
+    let name = ServerName::IpAddress(target.ip().into());
     let handshake = tokio::time::timeout(
         service.timeouts.handshake,
         connector.connect(name, upstream),
@@ -374,7 +436,7 @@ async fn originate(
     if record.peer_identity.as_deref() != Some(expected) {
         reset(client);
         return Err(Failure::Handshake(io::Error::other(format!(
-            "the server at {original} is {}, expected {expected}",
+            "the server at {target} is {}, expected {expected}",
             record.peer_identity.as_deref().unwrap_or("no SPIFFE ID")
         ))));
     }
@@ -409,7 +471,9 @@ async fn connect(netns: &Netns, destination: SocketAddr) -> io::Result<TcpStream
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::testing::{load, stream, SEED_DISABLE_PORT, SEED_GLOBAL_MTLS, SEED_SIDECAR};
+    use crate::config::testing::{
+        load, stream, SEED_DEPLOYMENT, SEED_DISABLE_PORT, SEED_GLOBAL_MTLS, SEED_SIDECAR,
+    };
 
     const HTTPBIN: &str = "apiVersion: postern.dev/v1alpha1\nkind: Workload\n\
         metadata: {name: httpbin, labels: {app: httpbin, version: v1}}\n\
@@ -417,43 +481,71 @@ mod tests {
         meshCertificates: /certs/httpbin}";
     const PLAIN: &str = "apiVersion: postern.dev/v1alpha1\nkind: Workload\n\
         metadata: {name: plain}\nspec: {networkNamespace: /run/netns/plain}";
+    const HTTPBIN_ID: &str = "spiffe://cluster.local/ns/test/sa/httpbin";
 
-    #[test]
-    fn the_seed_puts_9081_and_other_ports_in_the_mesh_but_not_9080() {
-        let table = load(&stream(&[
+    /// The seed, httpbin at 198.18.0.2 and 2001:db8::2, a workload without identity at
+    /// 198.18.9.9, and the seed's Service with `clusterIP`.
+    fn seed_directory() -> MeshDirectory {
+        let service = SEED_DEPLOYMENT.replacen(
+            "spec:\n  ports:",
+            "spec:\n  clusterIP: 10.96.78.113\n  ports:",
+            1,
+        );
+        let yaml = stream(&[
             SEED_GLOBAL_MTLS,
             SEED_DISABLE_PORT,
             SEED_SIDECAR,
             HTTPBIN,
             PLAIN,
-        ]))
-        .unwrap();
-        let pod: IpAddr = "198.18.0.2".parse().unwrap();
-        let directory = MeshDirectory::build(&table, |workload| {
+            &service,
+        ]);
+        MeshDirectory::build(&load(&yaml).unwrap(), |workload| {
             Ok(match workload.name.as_str() {
-                "httpbin" => vec![pod],
+                "httpbin" => vec![
+                    "2001:db8::2".parse().unwrap(),
+                    "198.18.0.2".parse().unwrap(),
+                ],
                 _ => vec!["198.18.9.9".parse().unwrap()],
             })
         })
-        .unwrap();
-        let at = |port| SocketAddr::new(pod, port);
-        let httpbin = Some("spiffe://cluster.local/ns/test/sa/httpbin");
-        assert_eq!(directory.expected_identity(at(9081)), httpbin);
-        assert_eq!(directory.expected_identity(at(22)), httpbin);
-        assert_eq!(directory.expected_identity(at(9080)), None);
+        .unwrap()
+    }
+
+    fn target(directory: &MeshDirectory, destination: &str) -> Option<(String, String)> {
+        directory
+            .target(destination.parse().unwrap())
+            .map(|(upstream, identity)| (upstream.to_string(), identity.to_owned()))
+    }
+
+    fn to(upstream: &str) -> Option<(String, String)> {
+        Some((upstream.to_owned(), HTTPBIN_ID.to_owned()))
+    }
+
+    #[test]
+    fn the_seed_puts_9081_and_other_ports_in_the_mesh_but_not_9080() {
+        let directory = seed_directory();
+        assert_eq!(target(&directory, "198.18.0.2:9081"), to("198.18.0.2:9081"));
+        assert_eq!(target(&directory, "198.18.0.2:22"), to("198.18.0.2:22"));
+        assert_eq!(
+            target(&directory, "[2001:db8::2]:9081"),
+            to("[2001:db8::2]:9081")
+        );
+        assert_eq!(target(&directory, "198.18.0.2:9080"), None);
         // A v4-mapped destination is the same address.
-        let mapped = SocketAddr::new(
-            IpAddr::V6(Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped()),
-            9081,
+        assert_eq!(
+            target(&directory, "[::ffff:198.18.0.2]:9081"),
+            to("198.18.0.2:9081")
         );
-        assert_eq!(directory.expected_identity(mapped), httpbin);
         // A workload without identity is not a mesh destination.
+        assert_eq!(target(&directory, "198.18.9.9:9081"), None);
+        let pod: IpAddr = "198.18.0.2".parse().unwrap();
+        let at_pod: Vec<MeshDestination> = directory
+            .destinations()
+            .into_iter()
+            .filter(|destination| destination.address == pod)
+            .collect();
         assert_eq!(
-            directory.expected_identity("198.18.9.9:9081".parse().unwrap()),
-            None
-        );
-        assert_eq!(
-            directory.destinations(),
+            at_pod,
             [
                 MeshDestination {
                     address: pod,
@@ -471,6 +563,29 @@ mod tests {
                     verdict: Verdict::Capture
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_service_port_goes_to_its_target_port_when_that_is_a_mesh_port() {
+        let directory = seed_directory();
+        // 8080 targets 9081 (STRICT), at the pod's address of the virtual IP's family.
+        assert_eq!(
+            target(&directory, "10.96.78.113:8080"),
+            to("198.18.0.2:9081")
+        );
+        // 8443 targets 9080 (DISABLE): not in the mesh, and listed so, so it is not captured.
+        assert_eq!(target(&directory, "10.96.78.113:8443"), None);
+        let vip: IpAddr = "10.96.78.113".parse().unwrap();
+        let at_vip: Vec<(Option<u16>, Verdict)> = directory
+            .destinations()
+            .into_iter()
+            .filter(|destination| destination.address == vip)
+            .map(|destination| (destination.port, destination.verdict))
+            .collect();
+        assert_eq!(
+            at_vip,
+            [(Some(8080), Verdict::Capture), (Some(8443), Verdict::Pass)]
         );
     }
 }

@@ -422,10 +422,31 @@ impl WorkloadPolicy {
     }
 }
 
+/// A Service with a virtual IP: mesh clients' connects to it go to a selected workload.
+#[derive(Debug, serde::Serialize, Clone, PartialEq, Eq)]
+pub struct ServicePolicy {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: IpAddr,
+    /// TCP (port, targetPort) pairs.
+    pub ports: Vec<(u16, u16)>,
+    /// `namespace/name` of the Workloads its selector picks in its namespace, sorted.
+    pub workloads: Vec<String>,
+}
+
+impl ServicePolicy {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 /// The whole effective policy: what `postern check` prints and `postern run` enforces.
 #[derive(Debug, serde::Serialize, Clone, Default, PartialEq, Eq)]
 pub struct PolicyTable {
     pub workloads: Vec<WorkloadPolicy>,
+    /// Services with a virtual IP.
+    pub services: Vec<ServicePolicy>,
     /// Things that are valid but worth the operator's attention (e.g. Sidecar `tls` that a
     /// STRICT PeerAuthentication overrides). Printed by `check`, logged by `run`.
     pub warnings: Vec<String>,

@@ -15,9 +15,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use postern_testbed::{
     cgroup2_mount, curl, display_command, httpbin_mesh_workload, remove_cgroup, require_root,
-    seed_curl_args, shell_quote, spiffe_id, stop_process, CurlResult, MeshCerts, MeshClient, Netns,
-    Postern, PosternOptions, SeedRequest, SeedTopology, TopologyOptions, NAMESPACE,
-    SEED_PEER_AUTHENTICATION_DEFAULT, SEED_PEER_AUTHENTICATION_HTTPBIN, SEED_SIDECAR, TRUST_DOMAIN,
+    seed_curl_args, seed_service, shell_quote, spiffe_id, stop_process, CurlResult, MeshCerts,
+    MeshClient, Netns, Postern, PosternOptions, SeedRequest, SeedTopology, TopologyOptions,
+    NAMESPACE, SEED_PEER_AUTHENTICATION_DEFAULT, SEED_PEER_AUTHENTICATION_HTTPBIN, SEED_SIDECAR,
+    SERVICE_IP, TRUST_DOMAIN,
 };
 
 use crate::process::{cargo, run as run_command, target_dir};
@@ -30,13 +31,13 @@ const MESH_CLIENT_NETNS: &str = "sleep";
 const MESH_CLIENT_CGROUP: &str = "postern-demo-sleep";
 const BPFFS_DIR: &str = "/sys/fs/bpf/postern-demo";
 
-/// The in-mesh step: the seed's "Verify internal mesh connectivity on port 8080". Without a
-/// Service, the client uses the port the Service's 8080 targets.
+/// The in-mesh step: the seed's "Verify internal mesh connectivity on port 8080", to the
+/// seed's Service (given a `clusterIP`), whose 8080 targets the pod's 9081.
 const MESH_STEP: (&str, &str) = (
     "a",
-    "internal mesh connectivity: plain http from sleep, inside the mesh, to the internal port",
+    "internal mesh connectivity on port 8080: plain http from sleep, inside the mesh, to the Service",
 );
-const MESH_URL: &str = "http://198.18.0.2:9081/status/200";
+const MESH_URL: &str = "http://httpbin:8080/status/200";
 const MESH_EXPECTATION: &str = "HTTP 200 from httpbin, carried over mesh mTLS by postern";
 
 /// The rest of the seed's Verification section: the client outside the mesh.
@@ -190,7 +191,8 @@ fn demo(keep: bool) -> Result<()> {
     let mut commands = Vec::new();
     let mut mismatches = 0;
     let (step, title) = MESH_STEP;
-    let mesh_args = ["-v", MESH_URL];
+    let resolve = format!("httpbin:8080:{SERVICE_IP}");
+    let mesh_args = ["-v", "--resolve", &resolve, MESH_URL];
     let command = display_command(&client.command("curl", mesh_args));
     println!("\n({step}) {title}\n$ {command}");
     let before = topology.httpbin_requests()?;
@@ -260,8 +262,9 @@ fn demo(keep: bool) -> Result<()> {
     Ok(())
 }
 
-/// The seed's PeerAuthentications and Sidecar, verbatim, and the two Workloads with their mesh
-/// identities: httpbin, and sleep with its cgroup captured.
+/// The seed's PeerAuthentications and Sidecar, verbatim, the two Workloads with their mesh
+/// identities (httpbin, and sleep with its cgroup captured), and the seed's Service with a
+/// `clusterIP`.
 fn mesh_config(
     topology: &SeedTopology,
     client: &MeshClient,
@@ -271,9 +274,10 @@ fn mesh_config(
     let dir = work_dir().join("config");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let workloads = format!(
-        "{}---\n{}",
+        "{}---\n{}---\n{}",
         httpbin_mesh_workload(topology, httpbin_identity),
-        client.workload(sleep_identity)
+        client.workload(sleep_identity),
+        seed_service()
     );
     [
         (

@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::error::{expected, Diagnostics, FieldPath, Origin, Problem, Report};
 use super::peer_authentication::PeerAuthentication;
+use super::service::Service;
 use super::sidecar::Sidecar;
 use super::values::Labels;
 use super::workload::Workload;
@@ -62,6 +63,7 @@ pub(super) struct Documents {
     pub sidecars: Vec<Resource<Sidecar>>,
     pub peer_authentications: Vec<Resource<PeerAuthentication>>,
     pub workloads: Vec<Resource<Workload>>,
+    pub services: Vec<Resource<Service>>,
 }
 
 /// Parses every document of every source, recording problems and keeping what is valid.
@@ -97,6 +99,8 @@ enum Class {
     Sidecar,
     PeerAuthentication,
     Workload,
+    /// A core Service: its virtual IP, if it has one, is a mesh destination.
+    Service,
     /// Kinds that cannot change inbound policy (Services, Deployments, outbound routing).
     Ignored,
 }
@@ -144,6 +148,7 @@ impl Documents {
                 diagnostics,
             ),
             Class::Workload => read(&mut self.workloads, object, origin, options, diagnostics),
+            Class::Service => read(&mut self.services, object, origin, options, diagnostics),
             Class::Ignored => {
                 tracing::info!(document = %origin, "ignored: it does not change inbound policy")
             }
@@ -213,6 +218,7 @@ fn classify(api_version: &str, kind: &str) -> Result<Class, (&'static str, Strin
         (Workload::GROUP, Workload::NAME) => {
             supported::<Workload>(version).map(|()| Class::Workload)
         }
+        ("", Service::NAME) if version == "v1" => Ok(Class::Service),
         // Routing and outbound configuration: Envoy's business, not inbound policy.
         (Sidecar::GROUP, _) => Ok(Class::Ignored),
         ("" | "apps", _) if version == "v1" => Ok(Class::Ignored),

@@ -143,6 +143,7 @@ impl Diagnostics {
             Ok(PolicyTable {
                 workloads,
                 warnings: self.warnings.iter().map(Problem::to_string).collect(),
+                ..PolicyTable::default()
             })
         } else {
             Err(ConfigError {

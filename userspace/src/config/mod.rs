@@ -13,6 +13,7 @@ mod error;
 mod limits;
 mod peer_authentication;
 mod resolve;
+mod service;
 mod sidecar;
 mod table;
 #[cfg(test)]
@@ -96,7 +97,10 @@ fn resolve_sources(
 ) -> Result<PolicyTable, ConfigError> {
     let documents = document::parse_sources(sources, options, &mut diagnostics);
     let workloads = resolve::resolve(&documents, options, &mut diagnostics);
-    diagnostics.finish(workloads)
+    let services = resolve::services(&documents);
+    diagnostics
+        .finish(workloads)
+        .map(|table| PolicyTable { services, ..table })
 }
 
 /// Appends the file at `path`, or the YAML files of the directory at `path`.

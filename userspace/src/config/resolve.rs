@@ -12,7 +12,7 @@ use super::workload::{check_shared_netns, Workload};
 use super::LoadOptions;
 use crate::policy::{
     spiffe_id, ConnectionLimits, MeshIdentity, MtlsMode, PortAction, PortPolicy, Protocol,
-    WorkloadPolicy,
+    ServicePolicy, WorkloadPolicy,
 };
 
 /// Where the mode comes from when no PeerAuthentication sets one.
@@ -60,6 +60,37 @@ pub(super) fn resolve(
     workloads
         .into_iter()
         .filter_map(|workload| resolve_workload(workload, documents, options, diagnostics))
+        .collect()
+}
+
+/// Every Service with a virtual IP, with the Workloads its selector picks in its namespace. A
+/// Service without a selector picks none (its endpoints are managed by hand, which postern
+/// does not read).
+pub(super) fn services(documents: &Documents) -> Vec<ServicePolicy> {
+    documents
+        .services
+        .iter()
+        .filter_map(|service| {
+            let cluster_ip = service.spec.cluster_ip?;
+            let mut workloads: Vec<String> = documents
+                .workloads
+                .iter()
+                .filter(|workload| {
+                    workload.namespace == service.namespace
+                        && !service.spec.selector.is_empty()
+                        && selects(&service.spec.selector, &workload.labels)
+                })
+                .map(|workload| format!("{}/{}", workload.namespace, workload.name))
+                .collect();
+            workloads.sort();
+            Some(ServicePolicy {
+                namespace: service.namespace.clone(),
+                name: service.name.clone(),
+                cluster_ip,
+                ports: service.spec.ports.clone(),
+                workloads,
+            })
+        })
         .collect()
 }
 

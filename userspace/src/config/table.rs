@@ -1,13 +1,15 @@
 //! The effective policy as `postern check` prints it: aligned plain-text columns, then each
-//! workload's mesh identity, then warnings.
+//! workload's mesh identity, then Services with a virtual IP (if any), then warnings.
 
-use crate::policy::{MtlsMode, PolicyTable, PortAction, WorkloadPolicy};
+use crate::policy::{MtlsMode, PolicyTable, PortAction, ServicePolicy, WorkloadPolicy};
 
 const HEADER: [&str; 8] = [
     "WORKLOAD", "NETNS", "PORT", "PROTOCOL", "MTLS", "POLICY", "ENDPOINT", "SOURCE",
 ];
 
 const IDENTITY_HEADER: [&str; 4] = ["WORKLOAD", "IDENTITY", "CERTIFICATES", "OUTBOUND CGROUP"];
+
+const SERVICE_HEADER: [&str; 4] = ["SERVICE", "CLUSTER-IP", "PORTS", "WORKLOADS"];
 
 /// Renders the table: one row per intercepted port, then a `*` row per workload for every
 /// other port; then one row per workload with its mesh identity; then one `warning: ...` line
@@ -18,6 +20,11 @@ pub fn render_table(table: &PolicyTable) -> String {
     let identities: Vec<[String; 4]> = table.workloads.iter().map(identity_row).collect();
     out.push('\n');
     out.push_str(&columns(IDENTITY_HEADER, &identities));
+    if !table.services.is_empty() {
+        let services: Vec<[String; 4]> = table.services.iter().map(service_row).collect();
+        out.push('\n');
+        out.push_str(&columns(SERVICE_HEADER, &services));
+    }
     for warning in &table.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
@@ -99,6 +106,26 @@ fn identity_row(workload: &WorkloadPolicy) -> [String; 4] {
     }
 }
 
+/// A Service with a virtual IP: its ports as `PORT->TARGET`, and the Workloads it selects.
+fn service_row(service: &ServicePolicy) -> [String; 4] {
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|(port, target)| format!("{port}->{target}"))
+        .collect();
+    let workloads = if service.workloads.is_empty() {
+        "none".to_owned()
+    } else {
+        service.workloads.join(",")
+    };
+    [
+        service.id(),
+        service.cluster_ip.to_string(),
+        ports.join(","),
+        workloads,
+    ]
+}
+
 /// A header and rows, in aligned columns.
 fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
@@ -160,6 +187,24 @@ WORKLOAD  IDENTITY                                              CERTIFICATES  OU
 test/w    none (no serviceAccount: mesh mTLS cannot be served)  -             -
 ";
         assert_eq!(render_table(&load(workload).unwrap()), expected);
+    }
+
+    #[test]
+    fn services_with_a_virtual_ip_show_their_ports_and_workloads() {
+        let service = crate::config::testing::SEED_DEPLOYMENT.replacen(
+            "spec:\n  ports:",
+            "spec:\n  clusterIP: 10.96.78.113\n  ports:",
+            1,
+        );
+        let rendered = render_table(&load(&stream(&[&service, HTTPBIN])).unwrap());
+        let services = rendered.split("\n\n").nth(2).unwrap();
+        assert_eq!(
+            services,
+            "\
+SERVICE       CLUSTER-IP    PORTS                  WORKLOADS
+test/httpbin  10.96.78.113  8443->9080,8080->9081  test/httpbin
+"
+        );
     }
 
     #[test]
