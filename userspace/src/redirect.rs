@@ -83,7 +83,7 @@ pub fn check_kernel() -> Result<(), RedirectError> {
 type Probe = Box<dyn Fn() -> Result<bool, String>>;
 
 /// Each kernel feature the kernel side uses, with its probe.
-fn kernel_needs() -> [(&'static str, Probe); 5] {
+fn kernel_needs() -> [(&'static str, Probe); 9] {
     use aya::maps::MapType;
     use aya::programs::ProgramType;
     use aya::sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper};
@@ -111,6 +111,28 @@ fn kernel_needs() -> [(&'static str, Probe); 5] {
         (
             "per-CPU array maps (Linux 4.6)",
             Box::new(|| is_map_supported(MapType::PerCpuArray).map_err(|e| e.to_string())),
+        ),
+        // Outbound capture, for mesh workloads with a cgroup.
+        (
+            "cgroup sock_addr programs (BPF_PROG_TYPE_CGROUP_SOCK_ADDR, Linux 4.17)",
+            Box::new(|| {
+                is_program_supported(ProgramType::CgroupSockAddr).map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "sock_ops programs (BPF_PROG_TYPE_SOCK_OPS, Linux 4.13)",
+            Box::new(|| is_program_supported(ProgramType::SockOps).map_err(|e| e.to_string())),
+        ),
+        (
+            "bpf_get_socket_cookie in sock_ops programs (Linux 4.19)",
+            Box::new(|| {
+                is_helper_supported(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_socket_cookie)
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "LRU hash maps (Linux 4.10)",
+            Box::new(|| is_map_supported(MapType::LruHash).map_err(|e| e.to_string())),
         ),
     ]
 }
