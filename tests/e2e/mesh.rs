@@ -439,3 +439,61 @@ fn a_workload_certificate_with_another_spiffe_id_is_refused_at_start() {
     );
     assert!(check.stderr.contains("impostor"), "{}", check.stderr);
 }
+
+/// Mesh certificates follow their files like the Sidecar's: a renewed certificate serves new
+/// handshakes, and one naming another identity is refused, the old one serving on.
+#[test]
+fn mesh_certificates_reload_and_a_wrong_identity_is_not_taken() {
+    let mesh = Mesh::seed();
+    let certificate = mesh.topology.work_dir().join("mesh/httpbin/tls.crt");
+    mesh.certs
+        .issue("httpbin", &spiffe_id(TRUST_DOMAIN, "httpbin"))
+        .unwrap();
+    let reloaded = mesh
+        .postern
+        .wait_for_log(
+            &format!("certificate={}", certificate.display()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(reloaded.contains("TLS material reloaded"), "{reloaded}");
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+
+    mesh.certs
+        .issue("httpbin", &spiffe_id(TRUST_DOMAIN, "impostor"))
+        .unwrap();
+    let refused = mesh
+        .postern
+        .wait_for_log("sa/impostor", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        refused.contains("not reloaded") && refused.contains(&spiffe_id(TRUST_DOMAIN, "httpbin")),
+        "{refused}"
+    );
+    let ready = mesh.postern.command(&postern_bin(), "ready", &[]).unwrap();
+    assert_eq!(ready.exit_code, 1, "{}", ready.stdout);
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    // Both requests met httpbin's own identity; the second, the previous material.
+    let httpbin = format!("peer_identity={}", spiffe_id(TRUST_DOMAIN, "httpbin"));
+    // Access-log lines are written as connections end, just after curl's answer: wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let verified = mesh
+            .postern
+            .access_log()
+            .iter()
+            .filter(|line| line.contains("direction=outbound") && line.contains(&httpbin))
+            .count();
+        if verified == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{verified} verified connections:\n{}",
+            mesh.postern.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
