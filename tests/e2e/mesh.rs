@@ -168,6 +168,15 @@ fn in_mesh_client_reaches_the_strict_port_in_plain_http_over_mesh_mtls() {
     assert_over_mesh(&mesh, &result, "198.18.0.2:9081", "198.18.0.2:9081");
 }
 
+/// Port 80, where httpbin itself listens, is no Sidecar port: STRICT covers it as every other
+/// port, and with a mesh identity it is served over mesh mTLS, to the app's same port.
+#[test]
+fn in_mesh_client_reaches_another_port_of_the_strict_workload() {
+    let mesh = Mesh::seed();
+    let result = mesh.get_from_mesh_client(80);
+    assert_over_mesh(&mesh, &result, "198.18.0.2:80", "198.18.0.2:80");
+}
+
 /// The seed's own request, `curl http://httpbin:8080/status/200`, from sleep to the seed's
 /// Service: postern sends it to the pod's port 9081, the Service's target port.
 #[test]
