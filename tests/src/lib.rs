@@ -47,7 +47,7 @@ pub use postern::{
 pub use process::{bpffs_mounted, require_root, stop_process, Signal, BPFFS_ROOT};
 pub use seed::{
     seed_config, seed_curl_args, seed_curl_args_to, SeedRequest, APP_PORT, EXTERNAL_PORT,
-    INTERNAL_PORT, NAMESPACE, SEED_HOST, SEED_PEER_AUTHENTICATION_DEFAULT,
+    INTERNAL_PORT, NAMESPACE, SEED_DEPLOYMENT, SEED_HOST, SEED_PEER_AUTHENTICATION_DEFAULT,
     SEED_PEER_AUTHENTICATION_HTTPBIN, SEED_SIDECAR, SEED_WORKLOAD,
 };
 pub use sweep::sweep_leftovers;

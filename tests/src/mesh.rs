@@ -44,27 +44,11 @@ pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 100, 78, 113);
 
 /// The seed's httpbin Service, verbatim but for `clusterIP`, which Kubernetes would assign.
 pub fn seed_service() -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin
-  labels:
-    app: httpbin
-    service: httpbin
-spec:
-  clusterIP: {SERVICE_IP}
-  ports:
-  - port: 8443
-    name: https
-    targetPort: 9080
-  - port: 8080
-    name: http
-    targetPort: 9081
-  selector:
-    app: httpbin
-"
-    )
+    let service = crate::seed::SEED_DEPLOYMENT
+        .split("---\n")
+        .find(|document| document.contains("kind: Service\n"))
+        .expect("the seed's deployment has a Service");
+    service.replacen("spec:\n", &format!("spec:\n  clusterIP: {SERVICE_IP}\n"), 1)
 }
 
 /// `spiffe://DOMAIN/ns/test/sa/ACCOUNT`.
@@ -390,4 +374,26 @@ pub fn httpbin_mesh_workload(topology: &SeedTopology, certificates: &Path) -> St
         topology.pod_netns_path().display(),
         certificates.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_service_gets_a_cluster_ip_and_nothing_else() {
+        let service = seed_service();
+        assert!(
+            service.starts_with("apiVersion: v1\nkind: Service\n"),
+            "{service}"
+        );
+        assert!(
+            service.contains("spec:\n  clusterIP: 10.100.78.113\n  ports:\n"),
+            "{service}"
+        );
+        assert_eq!(
+            service.replacen("  clusterIP: 10.100.78.113\n", "", 1),
+            crate::seed::SEED_DEPLOYMENT.split("---\n").nth(1).unwrap()
+        );
+    }
 }

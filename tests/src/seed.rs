@@ -15,6 +15,8 @@ pub const SEED_PEER_AUTHENTICATION_HTTPBIN: &str =
     include_str!("../../deploy/examples/seed/peer-authentication-httpbin.yaml");
 pub const SEED_SIDECAR: &str = include_str!("../../deploy/examples/seed/sidecar.yaml");
 pub const SEED_WORKLOAD: &str = include_str!("../../deploy/examples/seed/workload.yaml");
+/// The seed's httpbin ServiceAccount, Service and Deployment (`kubectl -n test apply`).
+pub const SEED_DEPLOYMENT: &str = include_str!("../../deploy/examples/seed/deployment.yaml");
 
 /// The Kubernetes namespace of the seed (`kubectl -n test`): run postern with `--namespace test`.
 pub const NAMESPACE: &str = "test";

@@ -5,9 +5,10 @@ use super::{load_sources, ConfigError, LoadOptions};
 use crate::policy::PolicyTable;
 
 /// The seed's manifests, verbatim, from `deploy/examples/seed/`: "Enable global mTLS" (applied
-/// with `kubectl -n test`), "Disable PeerAuthentication for external mTLS Port", and the Sidecar.
+/// with `kubectl -n test`), "Disable PeerAuthentication for external mTLS Port", the Sidecar,
+/// and the ServiceAccount, Service and Deployment.
 pub use postern_testbed::{
-    SEED_PEER_AUTHENTICATION_DEFAULT as SEED_GLOBAL_MTLS,
+    SEED_DEPLOYMENT, SEED_PEER_AUTHENTICATION_DEFAULT as SEED_GLOBAL_MTLS,
     SEED_PEER_AUTHENTICATION_HTTPBIN as SEED_DISABLE_PORT, SEED_SIDECAR,
 };
 
@@ -50,58 +51,6 @@ metadata: {name: httpbin, namespace: test, labels: {app: httpbin, version: v1}}
 spec:
   networkNamespace: /run/netns/httpbin
 ";
-
-/// The seed's httpbin ServiceAccount, Service and Deployment.
-pub const SEED_DEPLOYMENT: &str = r#"apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: httpbin
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin
-  labels:
-    app: httpbin
-    service: httpbin
-spec:
-  ports:
-  - port: 8443
-    name: https
-    targetPort: 9080
-  - port: 8080
-    name: http
-    targetPort: 9081
-  selector:
-    app: httpbin
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: httpbin
-      version: v1
-  template:
-    metadata:
-      labels:
-        app: httpbin
-        version: v1
-      annotations:
-        sidecar.istio.io/userVolume: '{"tls-secret":{"secret":{"secretName":"httpbin-mtls-termination","optional":true}},"tls-ca-secret":{"secret":{"secretName":"httpbin-mtls-termination-cacert"}}}'
-        sidecar.istio.io/userVolumeMount: '{"tls-secret":{"mountPath":"/etc/istio/tls-certs/","readOnly":true},"tls-ca-secret":{"mountPath":"/etc/istio/tls-ca-certs/","readOnly":true}}'
-    spec:
-      serviceAccountName: httpbin
-      containers:
-      - image: docker.io/kennethreitz/httpbin
-        imagePullPolicy: IfNotPresent
-        name: httpbin
-        ports:
-        - containerPort: 80
-"#;
 
 /// Joins documents into one multi-document stream.
 pub fn stream(documents: &[&str]) -> String {
