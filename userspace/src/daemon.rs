@@ -24,7 +24,7 @@ use crate::config::LoadOptions;
 use crate::handover::{self, Key};
 use crate::metrics::PortMetrics;
 use crate::netns::Netns;
-use crate::outbound::Outbound;
+use crate::outbound::OutboundPlan;
 use crate::policy::{
     ConnectionLimits, MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy,
 };
@@ -202,7 +202,7 @@ pub async fn run(
         }
     }
     let mut plan = plan(&table, options.timeouts, &reusable)?;
-    let identities = std::mem::take(&mut plan.identities);
+    let outbound = OutboundPlan::bind(&table, &std::mem::take(&mut plan.identities))?;
     let http = admin_listener(inherited_http, options.admin_address).await?;
     tracing::info!(address = %http.local_addr()?, "admin endpoint listening");
     let admin = crate::admin::bind(&options.admin_socket, taken.is_some()).with_context(|| {
@@ -228,9 +228,8 @@ pub async fn run(
     };
     let started = serving.apply(plan, &table, &state, options).and_then(|_| {
         // Outbound capture is set up once, here: a reload leaves it as it is.
-        Outbound::start(
+        outbound.start(
             &table,
-            &identities,
             &options.bpffs,
             options.timeouts,
             &serving.connections,

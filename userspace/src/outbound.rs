@@ -199,17 +199,26 @@ pub struct Outbound {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Outbound {
-    /// Binds the outbound listeners of every captured workload, attaches the capture to each
-    /// cgroup (all undone if one fails), and starts accepting. `identities` are the workloads'
-    /// mesh identities by `namespace/name`.
-    pub fn start(
+/// One captured workload, its outbound listeners bound, before anything is attached.
+struct PlannedWorkload {
+    workload: String,
+    netns: Arc<Netns>,
+    cgroup: std::path::PathBuf,
+    identity: Arc<TlsSource>,
+    listeners: Vec<TcpListener>,
+}
+
+/// The outbound listeners of every captured workload, bound before anything is attached, so
+/// that a port already taken (e.g. by a running postern) fails the start with nothing done.
+pub struct OutboundPlan(Vec<PlannedWorkload>);
+
+impl OutboundPlan {
+    /// Binds the outbound listeners of every workload with a captured cgroup. `identities`
+    /// are the workloads' mesh identities by `namespace/name`.
+    pub fn bind(
         table: &PolicyTable,
         identities: &BTreeMap<String, Arc<TlsSource>>,
-        bpffs: &Path,
-        timeouts: Timeouts,
-        connections: &Arc<Connections>,
-    ) -> anyhow::Result<Outbound> {
+    ) -> anyhow::Result<OutboundPlan> {
         let mut planned = Vec::new();
         for workload in &table.workloads {
             let (Some(mesh), Some(identity)) = (&workload.mesh, identities.get(&workload.id()))
@@ -228,14 +237,26 @@ impl Outbound {
                     netns.reference()
                 )
             })?;
-            planned.push((
-                workload.id(),
+            planned.push(PlannedWorkload {
+                workload: workload.id(),
                 netns,
-                cgroup,
-                Arc::clone(identity),
+                cgroup: cgroup.clone(),
+                identity: Arc::clone(identity),
                 listeners,
-            ));
+            });
         }
+        Ok(OutboundPlan(planned))
+    }
+
+    /// Attaches the capture to each cgroup (all undone if one fails) and starts accepting.
+    pub fn start(
+        self,
+        table: &PolicyTable,
+        bpffs: &Path,
+        timeouts: Timeouts,
+        connections: &Arc<Connections>,
+    ) -> anyhow::Result<Outbound> {
+        let OutboundPlan(planned) = self;
         let (stop, stopped) = watch::channel(false);
         let mut outbound = Outbound {
             captures: Vec::new(),
@@ -251,8 +272,15 @@ impl Outbound {
                 .context("cannot find the addresses of the mesh workloads")?,
         );
         let destinations = directory.destinations();
-        for (workload, netns, cgroup, identity, listeners) in planned {
-            let capture = match Capture::attach(cgroup, bpffs, &destinations) {
+        for planned in planned {
+            let PlannedWorkload {
+                workload,
+                netns,
+                cgroup,
+                identity,
+                listeners,
+            } = planned;
+            let capture = match Capture::attach(&cgroup, bpffs, &destinations) {
                 Ok(capture) => capture,
                 Err(e) => {
                     if let Err(undo) = outbound.detach() {
@@ -284,7 +312,9 @@ impl Outbound {
         }
         Ok(outbound)
     }
+}
 
+impl Outbound {
     /// Stops accepting and closes the outbound listeners. The capture stays attached, so new
     /// connects of the workloads are refused, never sent in clear.
     pub async fn stop_accepting(&mut self) {
