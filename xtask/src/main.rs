@@ -1,5 +1,6 @@
-//! postern's developer tasks: `cargo xtask setup | test | demo | vm-test`.
+//! postern's developer tasks: `cargo xtask setup | test | demo | vm-test | bench`.
 
+mod bench;
 mod demo;
 mod process;
 mod setup;
@@ -52,6 +53,25 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         e2e_args: Vec<String>,
     },
+    /// postern side by side with haproxy, nginx and stunnel (mutual TLS, one core each); writes
+    /// docs/benchmarks.md and its charts.
+    Bench {
+        /// A short smoke run: one round of one second per measurement.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds, interleaved (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Measure this postern binary instead of building one (to compare builds).
+        #[arg(long)]
+        postern_bin: Option<std::path::PathBuf>,
+        /// Where the report and charts go (default: docs/).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Only these proxies besides postern (haproxy, nginx, stunnel), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +90,19 @@ fn main() -> ExitCode {
             }
         }),
         Command::VmTest { kernel, e2e_args } => vm_test::run(kernel, &e2e_args),
+        Command::Bench {
+            quick,
+            rounds,
+            postern_bin,
+            out,
+            only,
+        } => bench::run(&bench::Options {
+            quick,
+            rounds,
+            postern_bin,
+            out,
+            only,
+        }),
         Command::Demo { keep, down } => {
             if down {
                 demo::down()
