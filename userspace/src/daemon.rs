@@ -287,6 +287,7 @@ pub async fn run(
         namespaces = state.steering().len(),
         "postern is ready"
     );
+    crate::memory::release_free_memory();
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot handle SIGHUP")?;

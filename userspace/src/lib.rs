@@ -9,9 +9,11 @@
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod copy_buffer;
 pub mod daemon;
 pub mod handover;
 pub mod http_admin;
+pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod outbound;

@@ -225,7 +225,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             connect: args.connect_timeout,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = runtime_builder()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -236,6 +236,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
         daemon::run(&options, process, shutdown).await
     })
+}
+
+/// One worker per core postern may run on. On a single core (pinned with `taskset`, or a
+/// pod limited to one CPU) the current-thread scheduler does the same work without the
+/// multi-threaded one's cross-thread wake-ups and work stealing, which cannot help there.
+fn runtime_builder() -> tokio::runtime::Builder {
+    match std::thread::available_parallelism() {
+        Ok(cores) if cores.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<()> {

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::copy_buffer::CopyBuffer;
 use crate::metrics::{HandshakeFailure, PortMetrics};
 use crate::netns::Netns;
 use crate::policy::{ConnectionLimits, Endpoint};
@@ -22,9 +23,6 @@ use crate::tls::reload::TlsSource;
 
 /// Source address of postern's connections to the app; the eBPF program never intercepts it.
 pub const APP_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
-
-/// Size of each direction's copy buffer: one TLS record's worth of plaintext.
-const COPY_BUFFER: usize = 16 * 1024;
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -558,21 +556,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut buffer = CopyBuffer::default();
     loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(n) => n,
+        let bytes = match buffer.read(from).await {
+            Ok(bytes) => bytes,
             // A TLS client that closes its TCP side without close_notify: its bytes so far are
             // complete records, so pass the end of stream on like a FIN, as a TCP proxy must.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => &[],
             Err(e) => return Err(e),
         };
-        if n == 0 {
+        if bytes.is_empty() {
             return to.shutdown().await;
         }
-        to.write_all(&buffer[..n]).await?;
+        to.write_all(bytes).await?;
         to.flush().await?;
-        *moved += n as u64;
+        *moved += bytes.len() as u64;
         last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
