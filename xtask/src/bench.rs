@@ -127,7 +127,7 @@ pub fn run(options: &Options) -> Result<()> {
     let loadgen = target_dir()?.join("release/postern-loadgen");
     let plan = Plan {
         rounds: options.rounds.unwrap_or(if options.quick { 1 } else { 3 }),
-        seconds: if options.quick { 1.0 } else { 3.0 },
+        seconds: if options.quick { 1.0 } else { 2.0 },
         bulk_count: if options.quick { 1 } else { 4 },
         held: if options.quick {
             vec![1000]
