@@ -168,14 +168,15 @@ fn draw_charts(summary: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn first_line(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output();
-    match out {
+/// The first line of `cmd`'s output (stdout, then stderr) that contains `needle`: the
+/// version line, whatever a tool prints before it.
+fn version_line(cmd: &mut Command, needle: &str) -> String {
+    match cmd.stdin(Stdio::null()).output() {
         Ok(out) => {
             let text = [out.stdout, out.stderr].concat();
             String::from_utf8_lossy(&text)
                 .lines()
-                .find(|line| !line.trim().is_empty())
+                .find(|line| line.contains(needle))
                 .unwrap_or("?")
                 .trim()
                 .to_string()
@@ -217,23 +218,24 @@ fn machine() -> Result<String> {
         text,
         "- CPU: {model}, {cores} cores; memory {memory}; kernel {kernel}"
     )?;
+    writeln!(text, "- postern: commit {commit}, release build")?;
+    let versions = [
+        ("rustc", "--version", "rustc"),
+        ("haproxy", "-v", "HAProxy version"),
+        ("nginx", "-v", "nginx version"),
+        ("stunnel4", "-version", "stunnel "),
+        ("openssl", "version", "OpenSSL"),
+    ];
+    for (program, flag, needle) in versions {
+        writeln!(
+            text,
+            "- {}",
+            version_line(Command::new(program).arg(flag), needle)
+        )?;
+    }
     writeln!(
         text,
-        "- postern: commit {commit}, release build; {}",
-        first_line(Command::new("rustc").arg("--version"))
-    )?;
-    writeln!(text, "- {}", first_line(Command::new("haproxy").arg("-v")))?;
-    writeln!(text, "- {}", first_line(Command::new("nginx").arg("-v")))?;
-    writeln!(
-        text,
-        "- {}",
-        first_line(Command::new("stunnel4").arg("-version"))
-            .replace("Initializing inetd mode configuration", "")
-    )?;
-    writeln!(
-        text,
-        "- {} (haproxy's, nginx's and stunnel's)",
-        first_line(Command::new("openssl").arg("version"))
+        "- haproxy, nginx and stunnel use the system's OpenSSL"
     )?;
     Ok(text)
 }
