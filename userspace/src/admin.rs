@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::daemon::Attached;
 use crate::metrics::{PortMetrics, ReloadStatus};
 use crate::policy::PolicyTable;
+use crate::terminator::Connections;
 use crate::tls::reload::{Secret, TlsSource};
 
 /// Where the daemon listens unless told otherwise.
@@ -48,6 +49,8 @@ pub struct AdminState {
     takeover: Option<mpsc::Sender<std::os::unix::net::UnixStream>>,
     /// The admin HTTP endpoint's listener, handed over with the others.
     admin_http: Option<OwnedFd>,
+    /// Every connection held, for the connection cap's metrics.
+    connections: Option<Arc<Connections>>,
 }
 
 /// The served configuration's parts that the admin endpoints show.
@@ -75,6 +78,7 @@ impl AdminState {
             set_log_filter: None,
             takeover: None,
             admin_http: None,
+            connections: None,
         }
     }
 
@@ -131,6 +135,12 @@ impl AdminState {
     /// The kernel side, for the daemon to change.
     pub fn steering(&self) -> MutexGuard<'_, Vec<Attached>> {
         lock(&self.steering)
+    }
+
+    /// Reports the connection cap's metrics.
+    pub fn with_connections(mut self, connections: Arc<Connections>) -> AdminState {
+        self.connections = Some(connections);
+        self
     }
 
     /// Lets `log-level` requests change the log filter.
@@ -227,6 +237,9 @@ impl AdminState {
             }
         }
         extra += &lock(&self.reloads).render();
+        if let Some(connections) = &self.connections {
+            extra += &connections.render_metrics();
+        }
         let metrics = lock(&self.generation).metrics.clone();
         let ports: Vec<&PortMetrics> = metrics.iter().map(Arc::as_ref).collect();
         crate::metrics::render(&ports, &extra)

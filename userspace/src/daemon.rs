@@ -66,6 +66,8 @@ pub struct RunOptions {
     pub watch_config: bool,
     /// Take the listeners of the postern answering on `admin_socket`, if one does.
     pub takeover: bool,
+    /// Most connections held at once, all ports together; more are reset at accept.
+    pub max_connections: usize,
 }
 
 /// What `run` needs beyond options: things owned by the process, not the configuration.
@@ -215,16 +217,18 @@ pub async fn run(
     // Two stages of shutdown: accepting stops first (the drain); the admin socket and the
     // file watch stay until the very end, so readiness can say "draining".
     let (stop_admin, admin_running) = watch::channel(false);
+    let connections = Arc::new(terminator::Connections::new(options.max_connections));
     let (takeovers, mut takeover_requests) = mpsc::channel(1);
     let state = Arc::new(
         crate::admin::AdminState::new()
             .with_log_filter(process.set_log_filter)
             .with_takeover(takeovers)
-            .with_admin_http(http.as_fd().try_clone_to_owned()?),
+            .with_admin_http(http.as_fd().try_clone_to_owned()?)
+            .with_connections(Arc::clone(&connections)),
     );
     let mut serving = Serving {
         lives: BTreeMap::new(),
-        connections: Arc::new(terminator::Connections::default()),
+        connections,
     };
     let started = serving.apply(plan, &table, &state, options).and_then(|_| {
         // Outbound capture is set up once, here: a reload leaves it as it is.

@@ -19,5 +19,6 @@ pub mod netns;
 pub mod outbound;
 pub mod policy;
 pub mod redirect;
+pub mod resources;
 pub mod terminator;
 pub mod tls;

@@ -127,6 +127,10 @@ struct RunArgs {
     /// files (looked at every second) reloads it too.
     #[arg(long)]
     no_watch_config: bool,
+    /// Most connections held at once, all ports together; more are reset at once. Default:
+    /// two descriptors per connection within the file-descriptor limit, less a reserve of 256.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -209,6 +213,18 @@ fn parse_trust_domain(text: &str) -> Result<String, String> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let set_log_filter = init_logging(args.log_format);
+    let fd_limit = postern::resources::raise_fd_limit()
+        .context("cannot read or raise the file descriptor limit (RLIMIT_NOFILE)")?;
+    let max_connections = args.max_connections.map_or_else(
+        || postern::resources::default_max_connections(fd_limit.now),
+        |max| max as usize,
+    );
+    tracing::info!(
+        soft_before = fd_limit.before,
+        limit = fd_limit.now,
+        max_connections,
+        "file descriptor limit"
+    );
     let options = RunOptions {
         load: load_options(&args.config),
         config: args.config.config,
@@ -224,6 +240,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             detect: args.detect_timeout,
             connect: args.connect_timeout,
         },
+        max_connections,
     };
     let runtime = runtime_builder()
         .enable_all()

@@ -67,6 +67,92 @@ impl HandshakeFailure {
     }
 }
 
+/// Why `accept(2)` failed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// Out of file descriptors, postern's own (EMFILE) or the system's (ENFILE).
+    FdLimit,
+    /// Out of kernel memory for sockets (ENOBUFS, ENOMEM).
+    Memory,
+    /// Anything else.
+    Other,
+}
+
+impl AcceptError {
+    const ALL: [AcceptError; 3] = [
+        AcceptError::FdLimit,
+        AcceptError::Memory,
+        AcceptError::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AcceptError::FdLimit => "fd_limit",
+            AcceptError::Memory => "memory",
+            AcceptError::Other => "other",
+        }
+    }
+
+    pub fn of(error: &std::io::Error) -> AcceptError {
+        match error.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => AcceptError::FdLimit,
+            Some(libc::ENOBUFS | libc::ENOMEM) => AcceptError::Memory,
+            _ => AcceptError::Other,
+        }
+    }
+}
+
+/// postern's process-wide limits, all listeners together: the connection cap and what it
+/// refused, and failed accepts.
+#[derive(Debug, Default)]
+pub struct LimitMetrics {
+    /// Connections reset at accept because postern already held its maximum.
+    refused_max_connections: AtomicU64,
+    accept_errors: [AtomicU64; AcceptError::ALL.len()],
+}
+
+impl LimitMetrics {
+    pub fn refused_max_connections(&self) {
+        self.refused_max_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accept_failed(&self, error: AcceptError) {
+        count_one(&AcceptError::ALL, &self.accept_errors, error);
+    }
+
+    /// The families, given the cap (`--max-connections`) and the connections held now.
+    pub fn render(&self, limit: usize, active: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP postern_connections_limit Most connections postern holds at once, all ports together (--max-connections).\n# TYPE postern_connections_limit gauge\npostern_connections_limit {limit}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP postern_connections_held Connections postern holds now, all ports together.\n# TYPE postern_connections_held gauge\npostern_connections_held {active}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP postern_connections_refused_total Connections reset at accept, before any policy, by reason.\n# TYPE postern_connections_refused_total counter\npostern_connections_refused_total{{reason=\"max_connections\"}} {}",
+            self.refused_max_connections.load(Ordering::Relaxed)
+        );
+        let name = "postern_accept_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Failed accepts, by reason; each is followed by a short pause, not a retry loop.\n# TYPE {name} counter"
+        );
+        for (reason, count) in AcceptError::ALL.iter().zip(&self.accept_errors) {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                reason.label(),
+                count.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
 /// Upper bounds of the handshake-duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -124,11 +210,7 @@ impl PortMetrics {
     }
 
     pub fn handshake_failed(&self, reason: HandshakeFailure) {
-        let index = HandshakeFailure::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.failures[index].fetch_add(1, Ordering::Relaxed);
+        count_one(&HandshakeFailure::ALL, &self.failures, reason);
     }
 
     pub fn handshake_done(&self, took: Duration) {
@@ -290,6 +372,16 @@ pub fn render(ports: &[&PortMetrics], extra: &str) -> String {
     out
 }
 
+/// Adds one to the counter of `which`, given every label value (`all`) and one counter for each,
+/// in the same order.
+fn count_one<T: PartialEq>(all: &[T], counters: &[AtomicU64], which: T) {
+    let index = all
+        .iter()
+        .position(|value| *value == which)
+        .expect("ALL lists every value");
+    counters[index].fetch_add(1, Ordering::Relaxed);
+}
+
 /// Escapes a label value (backslash, double quote, newline).
 pub fn escape(value: &str) -> String {
     value
@@ -397,6 +489,27 @@ mod tests {
             r#"postern_tls_handshake_duration_seconds_bucket{namespace="test",workload="httpbin",port="9080",le="+Inf"} 1"#,
             r#"postern_tls_handshake_duration_seconds_count{namespace="test",workload="httpbin",port="9080"} 1"#,
             "# TYPE postern_tls_handshake_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn limits_render_with_reasons() {
+        let limits = LimitMetrics::default();
+        limits.refused_max_connections();
+        limits.refused_max_connections();
+        limits.accept_failed(AcceptError::of(&std::io::Error::from_raw_os_error(
+            libc::EMFILE,
+        )));
+        let text = limits.render(100, 7);
+        for line in [
+            "postern_connections_limit 100",
+            "postern_connections_held 7",
+            r#"postern_connections_refused_total{reason="max_connections"} 2"#,
+            r#"postern_accept_errors_total{reason="fd_limit"} 1"#,
+            r#"postern_accept_errors_total{reason="memory"} 0"#,
+            "# TYPE postern_accept_errors_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::copy_buffer::CopyBuffer;
-use crate::metrics::{HandshakeFailure, PortMetrics};
+use crate::metrics::{AcceptError, HandshakeFailure, LimitMetrics, PortMetrics};
 use crate::netns::Netns;
 use crate::policy::{ConnectionLimits, Endpoint};
 use crate::tls::reload::TlsSource;
@@ -62,11 +62,33 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
-/// Counts the connections in progress, so a drain can wait for them to finish.
-#[derive(Debug, Default)]
+/// Counts the connections in progress, all ports together, so a drain can wait for them to
+/// finish, and caps them (`--max-connections`): past the cap, a new connection is reset at
+/// once, before any policy work, so a flood cannot exhaust postern's file descriptors.
+#[derive(Debug)]
 pub struct Connections {
     active: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    limit: usize,
+    pub metrics: LimitMetrics,
+    /// Seconds (since `started`) of the last warning about the cap, to keep floods out of the
+    /// log: at most one warning per [`LIMIT_WARNING_INTERVAL`].
+    warned_at: AtomicU64,
+    started: Instant,
+}
+
+/// At most one warning per this many seconds while connections are refused at the cap.
+const LIMIT_WARNING_INTERVAL: u64 = 10;
+
+/// How long an accept loop pauses after `accept(2)` fails (out of descriptors or memory),
+/// instead of spinning on a listener whose queue stays non-empty.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Default for Connections {
+    /// No cap.
+    fn default() -> Self {
+        Connections::new(usize::MAX)
+    }
 }
 
 /// One connection's place in [`Connections`], released when the connection ends.
@@ -74,26 +96,66 @@ struct Tracked(Arc<Connections>);
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        if self
-            .0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
 impl Connections {
-    fn track(self: &Arc<Self>) -> Tracked {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Tracked(Arc::clone(self))
+    /// At most `limit` connections at once.
+    pub fn new(limit: usize) -> Connections {
+        Connections {
+            active: Default::default(),
+            idle: Default::default(),
+            limit,
+            metrics: LimitMetrics::default(),
+            warned_at: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// A place for one more connection, or `None` (counted) when the cap is reached.
+    fn admit(self: &Arc<Self>) -> Option<Tracked> {
+        let admitted = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < self.limit).then_some(active + 1)
+            });
+        match admitted {
+            Ok(_) => Some(Tracked(Arc::clone(self))),
+            Err(_) => {
+                self.metrics.refused_max_connections();
+                self.warn_at_limit();
+                None
+            }
+        }
+    }
+
+    fn warn_at_limit(&self) {
+        // Offset by one interval, so that the first refusal always warns.
+        let now = self.started.elapsed().as_secs() + LIMIT_WARNING_INTERVAL;
+        let last = self.warned_at.load(Ordering::Relaxed);
+        if now >= last + LIMIT_WARNING_INTERVAL
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_connections = self.limit,
+                "at the connection cap: new connections are reset (postern_connections_refused_total counts them)"
+            );
+        }
+    }
+
+    /// The cap's metrics, in Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.limit, self.active())
     }
 
     pub fn active(&self) -> usize {
-        self.active.load(std::sync::atomic::Ordering::Acquire)
+        self.active.load(Ordering::Acquire)
     }
 
     /// Completes once no connection is in progress.
@@ -200,7 +262,10 @@ pub(crate) async fn accept_until<F, T>(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let tracked = connections.track();
+                    let Some(tracked) = connections.admit() else {
+                        reset(stream);
+                        continue;
+                    };
                     let task = on_accept(stream, peer);
                     tokio::spawn(async move {
                         task.await;
@@ -209,8 +274,9 @@ pub(crate) async fn accept_until<F, T>(
                 }
                 Err(e) => {
                     // Out of file descriptors or memory: back off rather than spin.
+                    connections.metrics.accept_failed(AcceptError::of(&e));
                     tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
         }
