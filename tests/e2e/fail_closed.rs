@@ -1,13 +1,9 @@
 //! f: fail closed. With postern killed, intercepted ports reset, even when the app itself
 //! listens on the intercepted port: clear text never reaches it.
 
-use std::path::PathBuf;
+use postern_testbed::{curl, seed_curl_args, SeedRequest, SeedTopology, Signal, TopologyOptions};
 
-use postern_testbed::{
-    curl, seed_curl_args, SeedRequest, SeedTopology, Signal, TopologyOptions, SEED_SIDECAR,
-};
-
-use crate::{httpbin_requests, write_config, Running};
+use crate::{httpbin_requests, Running};
 
 /// curl's exit code when the connection is refused (the SYN was answered with a reset).
 const CURL_CONNECT_REFUSED: i32 = 7;
@@ -76,23 +72,7 @@ fn app_on_the_intercepted_port_never_sees_clear_text() {
     assert_eq!(httpbin_requests(&topology), 1);
 
     // The seed's manifests, but 9080's endpoint is the app on 9080 itself.
-    let config: Vec<PathBuf> = topology
-        .seed_config()
-        .unwrap()
-        .into_iter()
-        .map(|path| {
-            if path.ends_with("sidecar.yaml") {
-                let same_port = SEED_SIDECAR.replacen(
-                    "defaultEndpoint: 0.0.0.0:80",
-                    "defaultEndpoint: 127.0.0.1:9080",
-                    1,
-                );
-                write_config(&topology, "sidecar-same-port.yaml", &same_port)
-            } else {
-                path
-            }
-        })
-        .collect();
+    let config = topology.seed_config_app_on_external_port().unwrap();
     let mut run = Running::start(topology, &config);
     let mtls = curl(
         run.topology.client(),

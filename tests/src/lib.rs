@@ -22,8 +22,10 @@
 mod certs;
 mod cmd;
 mod curl;
+mod figures;
 mod mesh;
 mod netns;
+mod pinned;
 mod postern;
 mod process;
 mod seed;
@@ -31,16 +33,19 @@ mod seed;
 mod selftest;
 mod sweep;
 mod topology;
+mod usage;
 
 pub use certs::{SeedCerts, SEED_OPENSSL_COMMANDS};
 pub use cmd::{display_command, shell_quote};
 pub use curl::{curl, CurlResult};
+pub use figures::{median_and_p99, Figures, FIGURES_ENV};
 pub use mesh::{
     cgroup2_mount, httpbin_mesh_workload, remove_cgroup, seed_service, spiffe_id, Cgroup,
     MeshCerts, MeshClient, MESH_CLIENT_IPV4, MESH_CLIENT_IPV6, OTHER_TRUST_DOMAIN,
     POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6, SERVICE_IP, TEST_CGROUP_PREFIX, TRUST_DOMAIN,
 };
 pub use netns::{Netns, TEST_NETNS_PREFIX};
+pub use pinned::{PinnedServer, Tls12RawKeyCheck};
 pub use postern::{
     find_postern_bin, CheckResult, KeptPostern, Postern, PosternOptions, TEST_BPFFS_PREFIX,
 };
@@ -52,3 +57,4 @@ pub use seed::{
 };
 pub use sweep::sweep_leftovers;
 pub use topology::{KeptTopology, SeedTopology, TopologyOptions};
+pub use usage::{PeakUsage, Usage};

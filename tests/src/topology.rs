@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use crate::certs::SeedCerts;
 use crate::cmd::tail;
 use crate::netns::Netns;
-use crate::seed::seed_config;
+use crate::seed::{seed_config, EXTERNAL_PORT, SEED_SIDECAR};
 
 /// The pod's addresses.
 pub const POD_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -253,6 +253,31 @@ impl SeedTopology {
     /// namespace; returns their paths (see [`seed_config`]).
     pub fn seed_config(&self) -> Result<Vec<PathBuf>> {
         seed_config(&self.work_dir.join("config"), self.pod.path())
+    }
+
+    /// The seed's manifests (see [`SeedTopology::seed_config`]), but the external port's
+    /// endpoint is the app on that very port, `127.0.0.1:9080`: for an app that listens on the
+    /// intercepted port itself, which only postern's connections from 127.0.0.6 may reach.
+    pub fn seed_config_app_on_external_port(&self) -> Result<Vec<PathBuf>> {
+        let same_port = SEED_SIDECAR.replacen(
+            "defaultEndpoint: 0.0.0.0:80",
+            &format!("defaultEndpoint: 127.0.0.1:{EXTERNAL_PORT}"),
+            1,
+        );
+        let sidecar = self.work_dir.join("sidecar-same-port.yaml");
+        std::fs::write(&sidecar, same_port)
+            .with_context(|| format!("cannot write {}", sidecar.display()))?;
+        Ok(self
+            .seed_config()?
+            .into_iter()
+            .map(|path| {
+                if path.ends_with("sidecar.yaml") {
+                    sidecar.clone()
+                } else {
+                    path
+                }
+            })
+            .collect())
     }
 
     /// httpbin's access log (gunicorn `--access-logfile`).

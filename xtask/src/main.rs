@@ -1,8 +1,9 @@
-//! postern's developer tasks: `cargo xtask setup | test | demo | vm-test | bench`.
+//! postern's developer tasks: `cargo xtask setup | test | resilience | demo | vm-test | bench`.
 
 mod bench;
 mod demo;
 mod process;
+mod resilience;
 mod setup;
 mod test;
 mod vm_test;
@@ -25,8 +26,8 @@ struct Cli {
 enum Command {
     /// Install the prerequisites (apt packages, bpf-linker, nightly rust-src, bpffs); idempotent.
     Setup,
-    /// Setup, lints, build everything, run every test on this kernel, then fail if a test left
-    /// anything behind; then the end-to-end core on the other kernels in QEMU (vm-test).
+    /// Setup, lints, build everything, run every test on this kernel (the resilience suite
+    /// last), then fail if a test left anything behind; then the end-to-end core on the other kernels in QEMU (vm-test).
     Test {
         /// Skip the QEMU guests (a quicker run while developing).
         #[arg(long)]
@@ -34,6 +35,13 @@ enum Command {
         /// Passed on to `cargo test --workspace` (e.g. a test name filter, `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_test_args: Vec<String>,
+    },
+    /// The resilience suite (hostile input, slowloris, thousands of connections, a crash under
+    /// load, a TLS scanner); writes its figures to docs/resilience.md.
+    Resilience {
+        /// The long soak instead of the CI-sized run (adds testssl.sh).
+        #[arg(long)]
+        soak: bool,
     },
     /// Re-enact the seed (Istio's "Ingress Sidecar TLS Termination") with postern, step by step.
     Demo {
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
                 vm_test::run(vm_test::KernelChoice::All, &[])
             }
         }),
+        Command::Resilience { soak } => resilience::run(soak),
         Command::VmTest { kernel, e2e_args } => vm_test::run(kernel, &e2e_args),
         Command::Bench {
             quick,

@@ -22,6 +22,9 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
     "util-linux",
+    // The resilience suite's TLS scanners.
+    "sslscan",
+    "testssl.sh",
 ];
 
 /// Mount points for the Sidecar's certificate directories (tests bind-mount over them in a

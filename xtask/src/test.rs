@@ -1,11 +1,12 @@
 //! `cargo xtask test`: setup, lints (rustfmt, clippy with warnings denied), build everything,
-//! run every test, and fail if anything was left behind (test network namespaces, test bpffs
+//! run every test (the resilience suite after the others), and fail if anything was left behind (test network namespaces, test bpffs
 //! dirs, test posterns).
 
 use anyhow::{bail, Result};
 use postern_testbed::{require_root, sweep_leftovers};
 
 use crate::process::{cargo, run as run_command};
+use crate::resilience::Report;
 
 pub fn run(cargo_test_args: &[String]) -> Result<()> {
     require_root()?;
@@ -29,7 +30,9 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     run_command(cargo().args(["build", "--workspace", "--all-targets"]))?;
-    let tests = run_command(cargo().args(["test", "--workspace"]).args(cargo_test_args));
+    let tests = run_command(cargo().args(["test", "--workspace"]).args(cargo_test_args))
+        // After the e2e suite: the resilience suite, with its report under the target dir.
+        .and_then(|()| crate::resilience::run_suite(false, Report::Target));
 
     let leftovers = sweep_leftovers();
     if !leftovers.is_empty() {

@@ -12,26 +12,21 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
-use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{
-    ClientConfig, DigitallySignedStruct, ProtocolVersion, ServerConfig, SignatureScheme,
-    SupportedProtocolVersion,
+    ClientConfig, ProtocolVersion, ServerConfig, SignatureScheme, SupportedProtocolVersion,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime,
-};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::policy::{ClientMatch, ProtocolSettings, TlsMode, TlsSettings};
 
 /// The Istio guide's commands, verbatim ("Generate CA cert, Server cert/key and Client
 /// cert/key"): a CA, then v1 server and client certificates it issues.
+use postern_testbed::PinnedServer;
 use postern_testbed::SEED_OPENSSL_COMMANDS as SEED_COMMANDS;
 
 /// Everything else the tests need, built the same way. Client certificates reuse the seed
@@ -243,10 +238,13 @@ impl Client {
 
     fn config(self) -> ClientConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = PinnedServer {
-            cert: pki().cert(SERVER_CERT),
-            algorithms: provider.signature_verification_algorithms,
-        };
+        // The seed's v1 server certificate, pinned (see `PinnedServer`), with the same raw-key
+        // signature checks as the server side.
+        let verifier = PinnedServer::new(
+            pki().cert(SERVER_CERT),
+            provider.signature_verification_algorithms,
+        )
+        .with_tls12(super::client_verifier::verify_tls12_signature_with_raw_key);
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(self.versions)
             .expect("protocol versions")
@@ -370,72 +368,5 @@ pub(super) async fn handshake(server: Arc<ServerConfig>, client: Client) -> Outc
     Outcome {
         server: server.map(|(session, _tls)| session),
         client,
-    }
-}
-
-/// The test client's view of the server: exactly the seed's server certificate.
-///
-/// That certificate is v1 and has no subjectAltName, so webpki cannot check it as a server
-/// certificate; pinning it tests what matters here (that `server_config` presents it and
-/// signs with its key) and uses the same raw-key signature checks as the server side.
-#[derive(Debug)]
-struct PinnedServer {
-    cert: CertificateDer<'static>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinnedServer {
-    fn spki<'a>(cert: &'a CertificateDer<'_>) -> SubjectPublicKeyInfoDer<'a> {
-        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).expect("server certificate");
-        SubjectPublicKeyInfoDer::from(parsed.tbs_certificate.subject_pki.raw)
-    }
-}
-
-impl ServerCertVerifier for PinnedServer {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::CertificateError::UnknownIssuer.into())
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        super::client_verifier::verify_tls12_signature_with_raw_key(
-            message,
-            &Self::spki(cert),
-            dss,
-            &self.algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature_with_raw_key(
-            message,
-            &Self::spki(cert),
-            dss,
-            &self.algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
