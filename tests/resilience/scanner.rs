@@ -83,7 +83,7 @@ fn a_tls_scanner_finds_no_weak_protocol_or_cipher() {
 
     let mut figures = Figures::new(
         "TLS scanner",
-        &format!("`sslscan` (Debian's) from the external client's namespace against the mTLS port {target}, with the seed's client certificate: protocols and cipher suites postern accepts."),
+        &format!("Debian's `sslscan` (with the seed's client certificate) and `testssl.sh`, from the external client's namespace against the mTLS port {target}: the protocols and cipher suites postern accepts. Strong means AEAD (AES-GCM, ChaCha20-Poly1305) with ECDHE or TLS 1.3: no NULL, anonymous, EXPORT, DES, RC4, 3DES, CBC or static-RSA suite may be accepted."),
     );
     figures
         .add("protocols enabled", enabled.join(", "))

@@ -75,7 +75,12 @@ fn render(cases: &[Figures], soak: bool, seconds: u64) -> Result<String> {
     let kernel = output(Command::new("uname").args(["-srm"]))?;
     let cpu = proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let memory = proc_field("/proc/meminfo", "MemTotal").unwrap_or_else(|| "unknown".into());
+    let memory = proc_field("/proc/meminfo", "MemTotal")
+        .and_then(|kib| kib.trim_end_matches(" kB").parse::<f64>().ok())
+        .map_or_else(
+            || "unknown".into(),
+            |kib| format!("{:.1} GiB", kib / 1_048_576.0),
+        );
     let (run, command) = if soak {
         ("soak", "cargo xtask resilience --soak")
     } else {
@@ -89,7 +94,7 @@ fn render(cases: &[Figures], soak: bool, seconds: u64) -> Result<String> {
          figures from one run on a shared machine, not guarantees. postern and the suite's \
          clients are the test profile's (unoptimised) builds, as `cargo test` makes them.\n\n\
          | | |\n|---|---|\n\
-         | date | {} |\n| run | {run}, one case at a time, {seconds} s in all |\n\
+         | date | {} |\n| run | {run}, one case at a time, {seconds} s with the build |\n\
          | kernel | {} |\n| CPU | {cpu}, {cores} cores |\n| memory | {memory} |\n\n\
          ## Cases\n\n",
         date.trim(),
