@@ -70,7 +70,7 @@ pub struct Connections {
     active: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
     limit: usize,
-    pub metrics: LimitMetrics,
+    metrics: LimitMetrics,
     /// Seconds (since `started`) of the last warning about the cap, to keep floods out of the
     /// log: at most one warning per [`LIMIT_WARNING_INTERVAL`].
     warned_at: AtomicU64,
@@ -83,13 +83,6 @@ const LIMIT_WARNING_INTERVAL: u64 = 10;
 /// How long an accept loop pauses after `accept(2)` fails (out of descriptors or memory),
 /// instead of spinning on a listener whose queue stays non-empty.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-impl Default for Connections {
-    /// No cap.
-    fn default() -> Self {
-        Connections::new(usize::MAX)
-    }
-}
 
 /// One connection's place in [`Connections`], released when the connection ends.
 struct Tracked(Arc<Connections>);

@@ -37,9 +37,10 @@ enum Command {
         cargo_test_args: Vec<String>,
     },
     /// The resilience suite (hostile input, slowloris, thousands of connections, a crash under
-    /// load, a TLS scanner); writes its figures to docs/resilience.md.
+    /// load, TLS scanners); writes its figures to docs/resilience.md (resilience-soak.md).
     Resilience {
-        /// The long soak instead of the CI-sized run (adds testssl.sh).
+        /// The long soak instead of the CI-sized run (adds testssl.sh's cipher and
+        /// vulnerability checks).
         #[arg(long)]
         soak: bool,
     },

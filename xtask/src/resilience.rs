@@ -1,6 +1,7 @@
 //! `cargo xtask resilience [--soak]`: runs the resilience suite (`tests/resilience/`) one case
 //! at a time, so each case has the machine to itself, collects the figures its cases record,
-//! and writes them as Markdown with the machine they were measured on.
+//! and writes them as Markdown with the machine they were measured on: `docs/resilience.md`,
+//! or `docs/resilience-soak.md` for the soak.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +15,7 @@ use crate::process::{cargo, output, run as run_command, target_dir, workspace_ro
 /// Where the report goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Report {
-    /// `docs/resilience.md`, the committed figures.
+    /// `docs/resilience.md` (`docs/resilience-soak.md` for the soak), the committed figures.
     Docs,
     /// `<target>/resilience.md`, for a run inside `cargo xtask test` that must not touch the
     /// working tree.
@@ -51,6 +52,7 @@ pub fn run_suite(soak: bool, report: Report) -> Result<()> {
     let cases = Figures::read_all(&figures_path)?;
     let markdown = render(&cases, soak, took.as_secs())?;
     let path: PathBuf = match report {
+        Report::Docs if soak => workspace_root().join("docs").join("resilience-soak.md"),
         Report::Docs => workspace_root().join("docs").join("resilience.md"),
         Report::Target => target.join("resilience.md"),
     };
