@@ -18,7 +18,7 @@ mod rotation;
 mod seed;
 mod server_tls;
 mod transfer;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -14,14 +14,16 @@ use postern_testbed::{
     SEED_SIDECAR, SERVICE_IP, TRUST_DOMAIN,
 };
 
-use crate::{httpbin_requests, postern_bin, write_config};
+use crate::reload::wait_for_nth;
+use crate::upgrade::requests_around;
+use crate::{httpbin_requests, pins, postern_bin, sk_lookup_links, write_config};
 
 /// curl's exit code when the connection is refused.
 const CURL_CONNECT_REFUSED: i32 = 7;
 
-/// The seed's "PeerAuthentication for httpbin", with 9081 PERMISSIVE as well.
-fn permissive_9081() -> String {
-    format!("{SEED_PEER_AUTHENTICATION_HTTPBIN}    9081:\n      mode: PERMISSIVE\n")
+/// The seed's "PeerAuthentication for httpbin", with 9081 in `mode` as well.
+fn port_9081(mode: &str) -> String {
+    format!("{SEED_PEER_AUTHENTICATION_HTTPBIN}    9081:\n      mode: {mode}\n")
 }
 
 /// The seed's topology plus the in-mesh client, mesh certificates for both workloads, and
@@ -69,21 +71,58 @@ impl Mesh {
             .unwrap()
     }
 
+    /// Renews the certificate of `service_account` (same identity, subject CN `common_name`)
+    /// and waits until postern serves it.
+    fn renew(&self, service_account: &str, common_name: &str) {
+        self.certs
+            .issue_named(
+                service_account,
+                &spiffe_id(TRUST_DOMAIN, service_account),
+                common_name,
+            )
+            .unwrap();
+        let certificate = self
+            .topology
+            .work_dir()
+            .join("mesh")
+            .join(service_account)
+            .join("tls.crt");
+        let reloaded = self
+            .postern
+            .wait_for_log(
+                &format!("certificate={}", certificate.display()),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert!(reloaded.contains("TLS material reloaded"), "{reloaded}");
+    }
+
     /// The access-log line postern wrote for the connection to `dst` in `direction`
     /// (`outbound`) or inbound (no direction field), waiting for it.
     fn access_line(&self, dst: &str, outbound: bool) -> String {
+        self.access_lines(dst, outbound, 1).swap_remove(0)
+    }
+
+    /// The access-log lines postern wrote for connections to `dst`, outbound or inbound,
+    /// waiting until there are at least `count`.
+    fn access_lines(&self, dst: &str, outbound: bool, count: usize) -> Vec<String> {
         let needle = format!("original_dst={dst} ");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let line = self.postern.access_log().into_iter().find(|line| {
-                line.contains(&needle) && line.contains("direction=outbound") == outbound
-            });
-            if let Some(line) = line {
-                return line;
+            let lines: Vec<String> = self
+                .postern
+                .access_log()
+                .into_iter()
+                .filter(|line| {
+                    line.contains(&needle) && line.contains("direction=outbound") == outbound
+                })
+                .collect();
+            if lines.len() >= count {
+                return lines;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "no access-log line to {dst}:\n{}",
+                "not {count} access-log lines to {dst}:\n{}",
                 self.postern.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -126,6 +165,20 @@ fn mesh_topology() -> (SeedTopology, MeshClient, MeshCerts) {
     (topology, client, certs)
 }
 
+/// httpbin's Workload with the identity in `httpbin_certificates`, the client's Workload with
+/// the identity in its certificate directory (if given), and the seed's Service (if `service`).
+fn workloads(
+    topology: &SeedTopology,
+    httpbin_certificates: &std::path::Path,
+    client: Option<(&MeshClient, &std::path::Path)>,
+    service: bool,
+) -> String {
+    let mut documents = vec![httpbin_mesh_workload(topology, httpbin_certificates)];
+    documents.extend(client.map(|(client, certificates)| client.workload(certificates)));
+    documents.extend(service.then(seed_service));
+    documents.join("---\n")
+}
+
 /// The seed's manifests with `httpbin_peer_authentication` for the second one, httpbin's
 /// Workload with the identity in `httpbin_certificates`, and the client's Workload.
 fn mesh_config(
@@ -138,12 +191,7 @@ fn mesh_config(
     let sleep = certs
         .issue("sleep", &spiffe_id(TRUST_DOMAIN, "sleep"))
         .unwrap();
-    let workloads = format!(
-        "{}---\n{}---\n{}",
-        httpbin_mesh_workload(topology, httpbin_certificates),
-        client.workload(&sleep),
-        seed_service()
-    );
+    let workloads = workloads(topology, httpbin_certificates, Some((client, &sleep)), true);
     [
         (
             "peer-authentication-default.yaml",
@@ -249,7 +297,7 @@ fn outside_the_mesh_the_strict_port_resets_and_the_external_port_still_needs_its
 
 #[test]
 fn permissive_serves_the_mesh_over_mtls_and_others_in_plaintext() {
-    let mesh = Mesh::with_peer_authentication(&permissive_9081());
+    let mesh = Mesh::with_peer_authentication(&port_9081("PERMISSIVE"));
     let inside = mesh.get_from_mesh_client(9081);
     assert_eq!(inside.http_status(), Some(200), "{}", inside.summary());
     let line = mesh.access_line("198.18.0.2:9081", false);
@@ -454,18 +502,7 @@ fn a_workload_certificate_with_another_spiffe_id_is_refused_at_start() {
 #[test]
 fn mesh_certificates_reload_and_a_wrong_identity_is_not_taken() {
     let mesh = Mesh::seed();
-    let certificate = mesh.topology.work_dir().join("mesh/httpbin/tls.crt");
-    mesh.certs
-        .issue("httpbin", &spiffe_id(TRUST_DOMAIN, "httpbin"))
-        .unwrap();
-    let reloaded = mesh
-        .postern
-        .wait_for_log(
-            &format!("certificate={}", certificate.display()),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-    assert!(reloaded.contains("TLS material reloaded"), "{reloaded}");
+    mesh.renew("httpbin", "httpbin");
     let result = mesh.get_from_mesh_client(9081);
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
 
@@ -505,4 +542,208 @@ fn mesh_certificates_reload_and_a_wrong_identity_is_not_taken() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The programs attached to the cgroup at `path`, as bpftool sees them.
+fn cgroup_programs(path: &std::path::Path) -> usize {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "bpftool: {output:?}");
+    // bpftool prints nothing at all for a cgroup without programs.
+    if output.stdout.trim_ascii().is_empty() {
+        return 0;
+    }
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    programs.len()
+}
+
+/// The capture programs: `sock_ops`, `connect4`, `connect6`.
+const CAPTURE_PROGRAMS: usize = 3;
+
+/// A takeover with outbound capture: the new postern takes the outbound listeners over with
+/// the inbound ones and adopts the pinned capture, so the in-mesh client's requests all succeed
+/// across it. Once the old postern has exited, the new one serves alone, and a clean stop
+/// leaves no pin, no link and no cgroup program.
+#[test]
+fn a_takeover_with_outbound_capture_fails_no_mesh_request() {
+    let mut mesh = Mesh::seed();
+    assert_eq!(cgroup_programs(mesh.client.cgroup()), CAPTURE_PROGRAMS);
+    let options = PosternOptions {
+        bpffs_dir: Some(mesh.postern.bpffs_dir().to_path_buf()),
+        admin_socket: Some(mesh.postern.admin_socket().to_path_buf()),
+        ..PosternOptions::default()
+    };
+    let (new, load) = requests_around(
+        || mesh.get_from_mesh_client(9081),
+        || {
+            Postern::start_with(
+                &postern_bin(),
+                &mesh.topology,
+                &mesh.config,
+                &["--takeover"],
+                &options,
+            )
+            .unwrap()
+        },
+    );
+    let log = new.log();
+    assert!(log.contains("adopted the pinned outbound capture"), "{log}");
+    assert!(log.contains("took over"), "{log}");
+    let mut old = std::mem::replace(&mut mesh.postern, new);
+    let exit = old.wait_exit_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        exit.success() && old.log().contains("handed over; exiting without detaching"),
+        "{exit}\n{}",
+        old.log()
+    );
+    old.leave_pins();
+    println!(
+        "takeover with outbound capture: {} in-mesh requests, {} failed",
+        load.requests,
+        load.failures.len()
+    );
+    assert!(load.failures.is_empty(), "{:#?}", load.failures);
+    assert_eq!(
+        cgroup_programs(mesh.client.cgroup()),
+        CAPTURE_PROGRAMS,
+        "the old programs, adopted, and no second set"
+    );
+
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+
+    mesh.postern.kill(Signal::Term).unwrap();
+    let exit = mesh.postern.wait_exit().unwrap();
+    assert!(exit.success(), "{exit}\n{}", mesh.postern.log());
+    assert_eq!(pins(mesh.postern.bpffs_dir()), 0, "pins left");
+    assert_eq!(sk_lookup_links(mesh.topology.pod_netns_path()), 0);
+    assert_eq!(cgroup_programs(mesh.client.cgroup()), 0);
+}
+
+impl Mesh {
+    /// Replaces the configuration file `index` of [`mesh_config`] (atomically, as a
+    /// ConfigMap update does) and waits for the `reloads`th reload.
+    fn reload(&self, index: usize, text: &str, reloads: usize) {
+        let path = &self.config[index];
+        let staged = path.with_extension("staged");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, path).unwrap();
+        wait_for_nth(&self.postern, "configuration reloaded", reloads);
+    }
+
+    /// The workloads file with httpbin, sleep (if `sleep`) and the seed's Service (if
+    /// `service`).
+    fn workloads(&self, sleep: bool, service: bool) -> String {
+        let certificates = self.topology.work_dir().join("mesh");
+        let sleep_certificates = certificates.join("sleep");
+        workloads(
+            &self.topology,
+            &certificates.join("httpbin"),
+            sleep.then_some((&self.client, sleep_certificates.as_path())),
+            service,
+        )
+    }
+
+    /// The outbound access-log lines so far.
+    fn outbound_lines(&self) -> usize {
+        self.postern
+            .access_log()
+            .iter()
+            .filter(|line| line.contains("direction=outbound"))
+            .count()
+    }
+}
+
+/// Index of the workloads file, and of httpbin's PeerAuthentication, in [`mesh_config`].
+const WORKLOADS_FILE: usize = 3;
+const HTTPBIN_PEER_AUTHENTICATION_FILE: usize = 1;
+
+/// A reload changes what is captured, as it changes what is served: the seed's Service
+/// removed passes untouched, and added back goes over mesh mTLS again; 9081 made DISABLE is no
+/// mesh destination any more (the client's plain HTTP reaches the pod's plaintext port as it
+/// is); the client's workload removed has its cgroup let go, and added back is captured again.
+#[test]
+fn a_reload_changes_the_mesh_destinations_and_the_captured_cgroups() {
+    let mesh = Mesh::seed();
+    let to_service = |mesh: &Mesh| {
+        let resolve = format!("httpbin:8080:{SERVICE_IP}");
+        let url = "http://httpbin:8080/status/200";
+        mesh.client
+            .curl(["-v", "--resolve", &resolve, url])
+            .unwrap()
+    };
+    let result = to_service(&mesh);
+    assert_over_mesh(
+        &mesh,
+        &result,
+        &format!("{SERVICE_IP}:8080"),
+        "198.18.0.2:9081",
+    );
+
+    // Without the Service, its virtual IP is nobody's: the connect leaves uncaptured, and the
+    // client has no route to it.
+    mesh.reload(WORKLOADS_FILE, &mesh.workloads(true, false), 1);
+    let result = to_service(&mesh);
+    assert!(
+        result.http_status().is_none() && result.stderr.contains("unreachable"),
+        "{}",
+        result.summary()
+    );
+    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+
+    // 9081 DISABLE: plaintext for everyone, so the client's request is not captured.
+    mesh.reload(HTTPBIN_PEER_AUTHENTICATION_FILE, &port_9081("DISABLE"), 2);
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+    // The pod's postern saw the client itself, in plaintext, with no identity.
+    // The first was the Service's connection, over mesh mTLS.
+    let plain = mesh
+        .access_lines("198.18.0.2:9081", false, 2)
+        .swap_remove(1);
+    assert!(
+        plain.contains("peer_identity=- ") && plain.contains("tls_version=- "),
+        "{plain}"
+    );
+    mesh.reload(
+        HTTPBIN_PEER_AUTHENTICATION_FILE,
+        SEED_PEER_AUTHENTICATION_HTTPBIN,
+        3,
+    );
+
+    // The client's workload removed: its cgroup is no longer captured, and its plain request
+    // to the STRICT port is reset there.
+    mesh.reload(WORKLOADS_FILE, &mesh.workloads(false, true), 4);
+    assert_eq!(cgroup_programs(mesh.client.cgroup()), 0);
+    let result = mesh.get_from_mesh_client(9081);
+    assert!(result.http_status().is_none(), "{}", result.summary());
+    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+
+    // Added back, with the Service: captured again, and the Service is reached.
+    mesh.reload(WORKLOADS_FILE, &mesh.workloads(true, true), 5);
+    assert_eq!(cgroup_programs(mesh.client.cgroup()), CAPTURE_PROGRAMS);
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    let result = to_service(&mesh);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    assert_eq!(mesh.outbound_lines(), 3, "{}", mesh.postern.log());
+}
+
+/// After a reload, the outbound side still follows the client identity's files: a renewed
+/// certificate of sleep is the one httpbin's postern sees.
+#[test]
+fn a_renewed_client_certificate_is_presented_after_a_reload() {
+    let mesh = Mesh::seed();
+    mesh.reload(WORKLOADS_FILE, &mesh.workloads(true, false), 1);
+    mesh.renew("sleep", "sleep-renewed");
+    let result = mesh.get_from_mesh_client(9081);
+    assert_eq!(result.http_status(), Some(200), "{}", result.summary());
+    let inbound = mesh.access_line("198.18.0.2:9081", false);
+    assert!(
+        inbound.contains("CN=sleep-renewed") && inbound.contains(&spiffe_id(TRUST_DOMAIN, "sleep")),
+        "{inbound}"
+    );
 }

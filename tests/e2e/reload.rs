@@ -110,13 +110,13 @@ fn metric(run: &Running, series: &str) -> Option<f64> {
 }
 
 /// Waits for the `n`th log line containing `needle`.
-fn wait_for_nth(run: &Running, needle: &str, n: usize) {
+pub(crate) fn wait_for_nth(postern: &Postern, needle: &str, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while run.postern.log().matches(needle).count() < n {
+    while postern.log().matches(needle).count() < n {
         assert!(
             std::time::Instant::now() < deadline,
             "no {n} lines with {needle:?}:\n{}",
-            run.postern.log()
+            postern.log()
         );
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -269,7 +269,7 @@ fn a_bad_configuration_is_refused_and_the_old_one_serves() {
     for (n, (text, named)) in bad.iter().enumerate() {
         std::fs::write(&path, text).unwrap();
         run.postern.kill(Signal::Hup).unwrap();
-        wait_for_nth(&run, "configuration reload failed", n + 1);
+        wait_for_nth(&run.postern, "configuration reload failed", n + 1);
         let line = run
             .postern
             .log()
@@ -353,7 +353,7 @@ fn workloads_added_and_removed_are_attached_and_detached() {
         std::fs::write(&path, text).unwrap();
         run.postern.kill(Signal::Hup).unwrap();
         reloads += 1;
-        wait_for_nth(run, "configuration reloaded", reloads);
+        wait_for_nth(&run.postern, "configuration reloaded", reloads);
     };
     reload(&run, &two);
     assert_eq!(

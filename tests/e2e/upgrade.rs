@@ -8,17 +8,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postern_testbed::{curl, seed_curl_args, Postern, PosternOptions, SeedRequest, Signal};
+use postern_testbed::{
+    curl, seed_curl_args, CurlResult, Postern, PosternOptions, SeedRequest, Signal,
+};
 
 use crate::{postern_bin, sk_lookup_links, start_drip, stop_cleanly, successor, Running};
 
 /// curl's exit code when the connection is refused.
 const CURL_CONNECT_REFUSED: i32 = 7;
 
-/// What the client loop saw.
-struct Load {
-    requests: usize,
-    failures: Vec<String>,
+/// What the client loops saw.
+pub(crate) struct Load {
+    pub(crate) requests: usize,
+    pub(crate) failures: Vec<String>,
 }
 
 /// Concurrent client loops.
@@ -30,6 +32,17 @@ const LOAD_AROUND: Duration = Duration::from_secs(1);
 /// Runs `during` while [`CLIENTS`] client loops each send mTLS requests one after the other;
 /// they have made requests before `during` starts and make more after it returns.
 fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
+    let args = seed_curl_args(&run.topology, SeedRequest::ExternalMtls);
+    requests_around(|| curl(run.topology.client(), &args).unwrap(), during)
+}
+
+/// Runs `during` while [`CLIENTS`] loops each make `request` one after the other, a failure
+/// being anything but an HTTP 200; they have made requests before `during` starts and make
+/// more after it returns.
+pub(crate) fn requests_around<R>(
+    request: impl Fn() -> CurlResult + Sync,
+    during: impl FnOnce() -> R,
+) -> (R, Load) {
     let requests = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
@@ -43,9 +56,8 @@ fn under_load<R>(run: &Running, during: impl FnOnce() -> R) -> (R, Load) {
     let result = std::thread::scope(|scope| {
         for _ in 0..CLIENTS {
             scope.spawn(|| {
-                let args = seed_curl_args(&run.topology, SeedRequest::ExternalMtls);
                 while !stop.load(Ordering::SeqCst) {
-                    let result = curl(run.topology.client(), &args).unwrap();
+                    let result = request();
                     if result.http_status() != Some(200) {
                         failures.lock().unwrap().push(result.summary());
                     }

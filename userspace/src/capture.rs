@@ -10,7 +10,9 @@
 //! Each cgroup gets its own copy of the programs and maps, so that client addresses (keys of
 //! the original-destination table) of different network namespaces never meet.
 //!
-//! Layout in bpffs: `<root>/cgroup-<inode>/{sock_ops,connect4,connect6}`.
+//! Layout in bpffs: `<root>/cgroup-<inode>/{record_original_destination,capture_connect4,
+//! capture_connect6}` (the attachments) and `{destinations,original}` (the maps), so that a
+//! newer postern adopts them as they are, like the `sk_lookup` state.
 
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +27,8 @@ use aya::Ebpf;
 use postern_common::{SocketEndpoint, MESH_DESTINATION_CAPTURE, MESH_DESTINATION_PASS};
 
 use crate::redirect::{
-    adopt_stale_link, prepare_pin_dir, unpin_all, BoxError, RedirectError, EBPF_OBJECT,
+    adopt_stale_link, open_pinned, prepare_pin_dir, remove_pins, take_and_pin, unpin_all, BoxError,
+    RedirectError, EBPF_OBJECT,
 };
 
 /// The programs, in attach order: `sock_ops` first, so that every connection the connect
@@ -56,6 +59,14 @@ pub struct MeshDestination {
 /// Client socket's local address → original destination, filled by the `sock_ops` program.
 type OriginalTable = HashMap<MapData, SocketEndpoint, SocketEndpoint>;
 
+/// Mesh destination → verdict, read by the connect programs.
+type DestinationTable = HashMap<MapData, SocketEndpoint, u32>;
+
+/// File names of the pinned maps in `<root>/cgroup-<inode>/`: the destination table, which a
+/// reload changes in place, and the original destinations, which a newer postern reads for
+/// connections captured before it took over.
+const MAP_PINS: [&str; 2] = ["destinations", "original"];
+
 /// Where each captured connection was going, keyed by the client socket's address. It
 /// outlives the attachment (a connection in progress may still ask) as long as it is shared.
 pub struct OriginalDestinations(Mutex<OriginalTable>);
@@ -81,17 +92,25 @@ impl OriginalDestinations {
 /// The capture programs attached to one cgroup.
 pub struct Capture {
     cgroup: PathBuf,
+    inode: u64,
     dir: PathBuf,
     links: Vec<PinnedLink>,
+    destinations: DestinationTable,
     original: Arc<OriginalDestinations>,
-    /// Keeps the programs and maps loaded for as long as this value lives.
-    _ebpf: Ebpf,
+    /// Keeps the programs loaded by this process (none when adopted) for as long as this lives.
+    ebpf: Option<Ebpf>,
 }
 
 impl Capture {
-    /// Loads the programs, fills the destination table, attaches them to `cgroup` and pins the
-    /// attachments under `root`. Attachments pinned by a postern that died are replaced: the
-    /// new ones are attached first (cgroup links run side by side), then the old ones go.
+    /// Captures connects to `destinations` from `cgroup`, with the kernel state pinned under
+    /// `root`.
+    ///
+    /// State pinned by an earlier postern (one that handed over, or died) is adopted: its
+    /// programs stay attached, and its destination table is changed in place to
+    /// `destinations`, so no connect escapes and connections it captured can still be looked
+    /// up. Otherwise the programs are loaded, their table filled, then attached and pinned;
+    /// attachments pinned without their maps (an older layout) are replaced: the new ones are
+    /// attached first (cgroup links run side by side), then the old ones go.
     pub fn attach(
         cgroup: &Path,
         root: &Path,
@@ -110,10 +129,6 @@ impl Capture {
             .map_err(io_error("cannot stat cgroup"))?
             .ino();
         let dir = prepare_pin_dir(root, &format!("cgroup-{inode}"))?;
-        let stale = PROGRAMS
-            .iter()
-            .map(|name| adopt_stale_link(&dir.join(name)))
-            .collect::<Result<Vec<_>, _>>()?;
         let ebpf_error = |what: &'static str| {
             let cgroup = cgroup.display().to_string();
             move |source: BoxError| RedirectError::Ebpf {
@@ -122,24 +137,118 @@ impl Capture {
                 source,
             }
         };
-        let (mut ebpf, original) = load_with_destinations(destinations)
-            .map_err(ebpf_error("loading the capture programs"))?;
-        let links = attach_and_pin(&mut ebpf, &cgroup_file, &dir)
-            .map_err(ebpf_error("attaching the capture programs"))?;
+        match adopt(&dir) {
+            Ok(Some((links, destinations_table, original))) => {
+                let mut capture = Capture {
+                    cgroup: cgroup.to_path_buf(),
+                    inode,
+                    dir,
+                    links,
+                    destinations: destinations_table,
+                    original: Arc::new(OriginalDestinations(Mutex::new(original))),
+                    ebpf: None,
+                };
+                capture.set_destinations(destinations)?;
+                tracing::info!(cgroup = %cgroup.display(), "adopted the pinned outbound capture");
+                return Ok(capture);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot adopt the pinned outbound capture; replacing it")
+            }
+        }
+        let stale = PROGRAMS
+            .iter()
+            .map(|name| adopt_stale_link(&dir.join(name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        remove_pins(&dir, &MAP_PINS)?;
+        let loaded = load(&dir).map_err(ebpf_error("loading the capture programs"));
+        let attached = loaded.and_then(|(mut ebpf, destinations_table, original)| {
+            let mut capture = Capture {
+                cgroup: cgroup.to_path_buf(),
+                inode,
+                dir: dir.clone(),
+                links: Vec::new(),
+                destinations: destinations_table,
+                original: Arc::new(OriginalDestinations(Mutex::new(original))),
+                ebpf: None,
+            };
+            capture.set_destinations(destinations)?;
+            capture.links = attach_and_pin(&mut ebpf, &cgroup_file, &dir)
+                .map_err(ebpf_error("attaching the capture programs"))?;
+            capture.ebpf = Some(ebpf);
+            Ok(capture)
+        });
+        if attached.is_err() {
+            remove_pins(&dir, &MAP_PINS)?;
+        }
         // Only now, with the new programs attached, let the old ones go.
         drop(stale);
-        Ok(Capture {
-            cgroup: cgroup.to_path_buf(),
-            dir,
-            links,
-            original: Arc::new(OriginalDestinations(Mutex::new(original))),
-            _ebpf: ebpf,
-        })
+        attached
+    }
+
+    /// Makes `wanted` the destination table, changing only what differs: entries are added or
+    /// changed first, then those no longer wanted removed. Each update is atomic, so a connect
+    /// sees the entry before or after, never a missing one that stays.
+    pub fn set_destinations(&mut self, wanted: &[MeshDestination]) -> Result<(), RedirectError> {
+        let cgroup = self.cgroup.display().to_string();
+        let map_error = |what: &'static str| {
+            let cgroup = cgroup.clone();
+            move |source: aya::maps::MapError| RedirectError::Ebpf {
+                netns: format!("cgroup {cgroup}"),
+                what,
+                source: Box::new(source),
+            }
+        };
+        let wanted: Vec<(SocketEndpoint, u32)> = wanted
+            .iter()
+            .map(|destination| {
+                let verdict = match destination.verdict {
+                    Verdict::Capture => MESH_DESTINATION_CAPTURE,
+                    Verdict::Pass => MESH_DESTINATION_PASS,
+                };
+                (
+                    endpoint(destination.address, destination.port.unwrap_or(0)),
+                    verdict,
+                )
+            })
+            .collect();
+        let present = self
+            .destinations
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error("reading MESH_DESTINATIONS"))?;
+        for (key, verdict) in &wanted {
+            if self.destinations.get(key, 0).ok() != Some(*verdict) {
+                self.destinations
+                    .insert(key, verdict, 0)
+                    .map_err(map_error("updating MESH_DESTINATIONS"))?;
+            }
+        }
+        for key in present {
+            if !wanted.iter().any(|(wanted, _)| *wanted == key) {
+                self.destinations
+                    .remove(&key)
+                    .map_err(map_error("removing from MESH_DESTINATIONS"))?;
+            }
+        }
+        Ok(())
     }
 
     /// The cgroup, as configured.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// The cgroup's inode, which names its pin directory.
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Whether this process found the programs attached (pinned by an earlier postern) rather
+    /// than attaching them.
+    pub fn adopted(&self) -> bool {
+        self.ebpf.is_none()
     }
 
     /// The table of where captured connections were going, for the outbound proxy.
@@ -152,10 +261,33 @@ impl Capture {
         let Capture {
             cgroup, dir, links, ..
         } = self;
+        remove_pins(&dir, &MAP_PINS)?;
         unpin_all(&dir, links.into_iter().zip(PROGRAMS))?;
         tracing::debug!(cgroup = %cgroup.display(), "detached outbound capture");
         Ok(())
     }
+}
+
+/// Opens the links and maps an earlier postern pinned in `dir`; `None` if there is no complete
+/// set.
+fn adopt(
+    dir: &Path,
+) -> Result<Option<(Vec<PinnedLink>, DestinationTable, OriginalTable)>, BoxError> {
+    let complete = PROGRAMS
+        .iter()
+        .chain(MAP_PINS.iter())
+        .all(|name| dir.join(name).exists());
+    if !complete {
+        return Ok(None);
+    }
+    let open = |name: &str| open_pinned(&dir.join(name));
+    let destinations = open(MAP_PINS[0])?.try_into()?;
+    let original = open(MAP_PINS[1])?.try_into()?;
+    let links = PROGRAMS
+        .iter()
+        .map(|name| PinnedLink::from_pin(dir.join(name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some((links, destinations, original)))
 }
 
 /// An address as the maps hold it: IPv4 as `::ffff:a.b.c.d`.
@@ -167,27 +299,13 @@ fn endpoint(ip: IpAddr, port: u16) -> SocketEndpoint {
     SocketEndpoint::new(ip.octets(), port)
 }
 
-fn load_with_destinations(
-    destinations: &[MeshDestination],
-) -> Result<(Ebpf, OriginalTable), BoxError> {
+/// Loads the eBPF object and pins its (empty) tables in `dir`.
+fn load(dir: &Path) -> Result<(Ebpf, DestinationTable, OriginalTable), BoxError> {
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
-    let mut table: HashMap<_, SocketEndpoint, u32> = ebpf
-        .map_mut("MESH_DESTINATIONS")
-        .ok_or("no MESH_DESTINATIONS map in the eBPF object")?
-        .try_into()?;
-    for destination in destinations {
-        let verdict = match destination.verdict {
-            Verdict::Capture => MESH_DESTINATION_CAPTURE,
-            Verdict::Pass => MESH_DESTINATION_PASS,
-        };
-        let key = endpoint(destination.address, destination.port.unwrap_or(0));
-        table.insert(key, verdict, 0)?;
-    }
-    let original = ebpf
-        .take_map("ORIGINAL_DESTINATIONS")
-        .ok_or("no ORIGINAL_DESTINATIONS map in the eBPF object")?
-        .try_into()?;
-    Ok((ebpf, original))
+    let mut take = |name: &str, pin: &str| take_and_pin(&mut ebpf, name, &dir.join(pin));
+    let destinations = take("MESH_DESTINATIONS", MAP_PINS[0])?.try_into()?;
+    let original = take("ORIGINAL_DESTINATIONS", MAP_PINS[1])?.try_into()?;
+    Ok((ebpf, destinations, original))
 }
 
 fn attach_and_pin(ebpf: &mut Ebpf, cgroup: &File, dir: &Path) -> Result<Vec<PinnedLink>, BoxError> {

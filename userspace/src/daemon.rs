@@ -24,7 +24,7 @@ use crate::config::LoadOptions;
 use crate::handover::{self, Key};
 use crate::metrics::PortMetrics;
 use crate::netns::Netns;
-use crate::outbound::OutboundPlan;
+use crate::outbound::{Outbound, OutboundPlan};
 use crate::policy::{
     ConnectionLimits, MtlsMode, NetnsRef, PolicyTable, PortAction, PortPolicy, WorkloadPolicy,
 };
@@ -38,7 +38,7 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a listener whose port a reload removed keeps accepting after its rule left the
 /// kernel: connections steered to it just before are still completing their handshake.
-const REMOVED_LISTENER_LINGER: Duration = Duration::from_millis(500);
+pub(crate) const REMOVED_LISTENER_LINGER: Duration = Duration::from_millis(500);
 
 const STRICT_WITHOUT_IDENTITY: &str =
     "PeerAuthentication STRICT requires mesh mTLS, and no mesh identity is configured";
@@ -100,12 +100,13 @@ struct Plan {
     sources: Vec<Arc<TlsSource>>,
     /// Every listener's metrics.
     metrics: Vec<Arc<PortMetrics>>,
-    /// Every mesh identity, by workload (`namespace/name`).
-    identities: BTreeMap<String, Arc<TlsSource>>,
+    /// The captured cgroups and their outbound listeners.
+    outbound: OutboundPlan,
 }
 
-/// What a new plan may reuse: listeners (kept across a reload, or taken over from the
-/// previous postern) and metrics (kept across a reload), by namespace inode and label.
+/// What a new plan may reuse: listeners, inbound and outbound (kept across a reload, or taken
+/// over from the previous postern) and metrics (kept across a reload), by namespace inode and
+/// label.
 #[derive(Default)]
 struct Reusable {
     listeners: HashMap<Key, Arc<TcpListener>>,
@@ -121,10 +122,11 @@ struct Live {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Every listener being served, by namespace inode and label.
+/// Every listener being served, by namespace inode and label, and the outbound side.
 struct Serving {
     lives: BTreeMap<Key, Live>,
     connections: Arc<terminator::Connections>,
+    outbound: Outbound,
 }
 
 /// What a reload did to the listeners: kept ones serve new connections with the new policy.
@@ -180,6 +182,7 @@ pub async fn run(
             .keys()
             .filter(|(inode, label)| {
                 label != handover::ADMIN_HTTP
+                    && !crate::outbound::is_listener_label(label)
                     && !options
                         .bpffs
                         .join(format!("netns-{inode}"))
@@ -203,8 +206,7 @@ pub async fn run(
             reusable.listeners.insert(key.clone(), Arc::new(listener));
         }
     }
-    let mut plan = plan(&table, options.timeouts, &reusable)?;
-    let outbound = OutboundPlan::bind(&table, &std::mem::take(&mut plan.identities))?;
+    let plan = plan(&table, options.timeouts, &reusable)?;
     let http = admin_listener(inherited_http, options.admin_address).await?;
     tracing::info!(address = %http.local_addr()?, "admin endpoint listening");
     let admin = crate::admin::bind(&options.admin_socket, taken.is_some()).with_context(|| {
@@ -228,34 +230,25 @@ pub async fn run(
     );
     let mut serving = Serving {
         lives: BTreeMap::new(),
+        outbound: Outbound::new(Arc::clone(&connections)),
         connections,
     };
-    let started = serving.apply(plan, &table, &state, options).and_then(|_| {
-        // Outbound capture is set up once, here: a reload leaves it as it is.
-        outbound.start(
-            &table,
-            &options.bpffs,
-            options.timeouts,
-            &serving.connections,
-        )
-    });
-    let mut outbound = match started {
-        Ok(outbound) => outbound,
-        Err(e) => {
-            let _ = std::fs::remove_file(&options.admin_socket);
-            for attached in state.take_steering() {
-                if !attached.steering.adopted() {
-                    if let Err(undo) = attached.steering.detach() {
-                        tracing::error!("while undoing a partial start: {undo:#}");
-                    }
+    if let Err(e) = serving.apply(plan, &table, &state, options) {
+        let _ = std::fs::remove_file(&options.admin_socket);
+        for attached in state.take_steering() {
+            if !attached.steering.adopted() {
+                if let Err(undo) = attached.steering.detach() {
+                    tracing::error!("while undoing a partial start: {undo:#}");
                 }
             }
-            return Err(e);
         }
-    };
+        serving.outbound.undo();
+        return Err(e);
+    }
     drop(reusable);
     let inodes: Vec<u64> = serving.lives.keys().map(|(inode, _)| *inode).collect();
-    crate::redirect::remove_unused(&options.bpffs, &inodes)?;
+    crate::redirect::remove_unused(&options.bpffs, "netns", &inodes)?;
+    crate::redirect::remove_unused(&options.bpffs, "cgroup", &serving.outbound.cgroup_inodes())?;
 
     let background = [
         tokio::spawn(crate::http_admin::serve(
@@ -340,8 +333,7 @@ pub async fn run(
 
     match ending {
         Ending::Shutdown => {
-            outbound.stop_accepting().await;
-            serving.drain(&state, options.drain_timeout).await;
+            let outbound = serving.drain(&state, options.drain_timeout).await;
             let _ = stop_admin.send(true);
             for task in background {
                 let _ = task.await;
@@ -357,9 +349,9 @@ pub async fn run(
             for task in background {
                 let _ = task.await;
             }
-            outbound.stop_accepting().await;
-            serving.drain(&state, options.drain_timeout).await;
-            // The new postern adopted the pinned link and maps: leave them be.
+            let outbound = serving.drain(&state, options.drain_timeout).await;
+            // The new postern adopted the pinned links and maps: leave them be.
+            drop(outbound);
             drop(state.take_steering());
             tracing::info!("handed over; exiting without detaching");
             Ok(())
@@ -402,9 +394,16 @@ impl Serving {
         state: &crate::admin::AdminState,
         options: &RunOptions,
     ) -> anyhow::Result<Changes> {
-        steer(&plan, state, options)?;
+        let Plan {
+            namespaces,
+            sources,
+            metrics,
+            outbound,
+        } = plan;
+        self.outbound.apply(outbound, &options.bpffs)?;
+        steer(&namespaces, state, options)?;
         let mut wanted = BTreeMap::new();
-        for netns_plan in plan.namespaces {
+        for netns_plan in namespaces {
             let inode = netns_plan.netns.inode();
             for planned in netns_plan.planned {
                 wanted.insert((inode, planned.label.clone()), planned);
@@ -458,7 +457,7 @@ impl Serving {
                 }
             }
         }
-        state.serve_generation(table, plan.sources, plan.metrics);
+        state.serve_generation(table, sources, metrics);
         Ok(changes)
     }
 
@@ -506,7 +505,9 @@ impl Serving {
             listeners: self
                 .lives
                 .iter()
-                .map(|(key, live)| (key.clone(), Arc::clone(&live.listener)))
+                .map(|(key, live)| (key, &live.listener))
+                .chain(self.outbound.listeners())
+                .map(|(key, listener)| (key.clone(), Arc::clone(listener)))
                 .collect(),
             metrics: self
                 .lives
@@ -531,7 +532,9 @@ impl Serving {
         let collected = self
             .lives
             .iter()
-            .try_for_each(|(key, live)| duplicate(key.clone(), live.listener.as_fd()))
+            .map(|(key, live)| (key, &live.listener))
+            .chain(self.outbound.listeners())
+            .try_for_each(|(key, listener)| duplicate(key.clone(), listener.as_fd()))
             .and_then(|()| match state.admin_http_fd() {
                 Some(fd) => duplicate((0, handover::ADMIN_HTTP.to_string()), fd.as_fd()),
                 None => Ok(()),
@@ -550,17 +553,19 @@ impl Serving {
         answer
     }
 
-    /// Readiness turns false, the accept loops stop and the listeners close (unless a newer
-    /// postern holds them too; else the still-attached kernel program resets new connections:
-    /// fail closed, and clients retry elsewhere), and the connections in progress get up to
-    /// `deadline` to finish. Those left after it are closed when the runtime stops.
-    async fn drain(self, state: &crate::admin::AdminState, deadline: Duration) {
+    /// Readiness turns false, the accept loops stop and the listeners close, outbound ones
+    /// first (unless a newer postern holds them too; else the still-attached kernel programs
+    /// reset or refuse new connections: fail closed, and clients retry elsewhere), and the
+    /// connections in progress get up to `deadline` to finish. Those left after it are closed
+    /// when the runtime stops. Returns the outbound side, still attached.
+    async fn drain(mut self, state: &crate::admin::AdminState, deadline: Duration) -> Outbound {
         state.start_draining();
         tracing::info!(
             connections = self.connections.active(),
             deadline = ?deadline,
             "draining: not ready, new connections are reset, established ones may finish"
         );
+        self.outbound.stop_accepting().await;
         for live in self.lives.into_values() {
             let _ = live.stop.send(true);
             let _ = live.task.await;
@@ -572,6 +577,7 @@ impl Serving {
                 "drain deadline passed; closing the connections left"
             ),
         }
+        self.outbound
     }
 }
 
@@ -636,11 +642,12 @@ fn plan(table: &PolicyTable, timeouts: Timeouts, reusable: &Reusable) -> anyhow:
             plans.push(NetnsPlan { netns, planned });
         }
     }
+    let outbound = OutboundPlan::bind(table, &identities, &reusable.listeners, timeouts)?;
     Ok(Plan {
         namespaces: plans,
         sources,
         metrics,
-        identities,
+        outbound,
     })
 }
 
@@ -838,14 +845,14 @@ impl Attached {
 /// plan detached. On an error, the namespaces keep the steering they had (those already
 /// changed keep their new rules).
 fn steer(
-    plan: &Plan,
+    namespaces: &[NetnsPlan],
     state: &crate::admin::AdminState,
     options: &RunOptions,
 ) -> anyhow::Result<()> {
     let mut steering = state.steering();
     let mut before = std::mem::take(&mut *steering);
     let mut after = Vec::new();
-    for netns_plan in &plan.namespaces {
+    for netns_plan in namespaces {
         let mut rules = Vec::new();
         let mut labelled = Vec::new();
         for planned in &netns_plan.planned {

@@ -6,10 +6,10 @@
 //! The app never sees a certificate. A destination whose identity does not match is refused
 //! before any of the app's bytes are sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ use tokio_rustls::TlsConnector;
 use anyhow::Context as _;
 
 use crate::capture::{Capture, MeshDestination, OriginalDestinations, Verdict};
+use crate::daemon::REMOVED_LISTENER_LINGER;
+use crate::handover::Key;
 use crate::netns::Netns;
 use crate::policy::{ConnectionLimits, MtlsMode, PolicyTable, PortAction, WorkloadPolicy};
 use crate::terminator::{self, canonical, reset, Connections, Failure, Record, Timeouts};
@@ -175,51 +177,97 @@ struct OutboundService {
     pub timeouts: Timeouts,
 }
 
+/// The label of an outbound listener in a handover, by its address: `outbound:127.0.0.1` or
+/// `outbound:::1`. With the network namespace's inode, it keys the listener.
+fn listener_label(address: IpAddr) -> String {
+    format!("{LISTENER_LABEL_PREFIX}{address}")
+}
+
+const LISTENER_LABEL_PREFIX: &str = "outbound:";
+
+/// Whether a handover key's label names an outbound listener.
+pub fn is_listener_label(label: &str) -> bool {
+    label.starts_with(LISTENER_LABEL_PREFIX)
+}
+
 /// postern's outbound listeners in `netns`: `127.0.0.1` and `::1` on `OUTBOUND_PORT`, where the
-/// capture programs send connects. Without IPv6 in the namespace, IPv4 alone (IPv6 connects
+/// capture programs send connects, each taken from `reusable` (kept across a reload, or
+/// taken over) if there, else bound. Without IPv6 in the namespace, IPv4 alone (IPv6 connects
 /// are then refused: they fail closed).
-fn bind_outbound_listeners(netns: &Netns) -> io::Result<Vec<TcpListener>> {
-    let port = postern_common::OUTBOUND_PORT;
-    let v4 = netns.run(|| terminator::listen_on(SocketAddr::from((Ipv4Addr::LOCALHOST, port))))?;
-    let mut listeners = vec![TcpListener::from_std(v4)?];
-    match netns.run(|| terminator::listen_on(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))) {
-        Ok(v6) => listeners.push(TcpListener::from_std(v6)?),
-        Err(e) => {
-            tracing::warn!(netns = %netns.reference(), error = %e, "no IPv6 outbound listener; IPv6 mesh destinations will be refused")
+fn outbound_listeners(
+    netns: &Netns,
+    reusable: &mut HashMap<Key, Arc<TcpListener>>,
+) -> io::Result<Vec<(Key, Arc<TcpListener>)>> {
+    let mut listeners = Vec::new();
+    for address in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        let key = (netns.inode(), listener_label(address));
+        if let Some(listener) = reusable.remove(&key) {
+            listeners.push((key, listener));
+            continue;
+        }
+        let bound = netns
+            .run(|| terminator::listen_on(SocketAddr::new(address, postern_common::OUTBOUND_PORT)))
+            .and_then(TcpListener::from_std);
+        match (bound, address) {
+            (Ok(listener), _) => listeners.push((key, Arc::new(listener))),
+            (Err(e), IpAddr::V6(_)) => {
+                tracing::warn!(netns = %netns.reference(), error = %e, "no IPv6 outbound listener; IPv6 mesh destinations will be refused")
+            }
+            (Err(e), IpAddr::V4(_)) => return Err(e),
         }
     }
     Ok(listeners)
 }
 
-/// The outbound side of every mesh workload whose cgroup is captured: the capture attachments
-/// and the accept loops of the outbound listeners. Set up once, at start.
+/// The outbound side of every mesh workload whose cgroup is captured, by cgroup: the capture,
+/// and the accept loops of the outbound listeners.
 pub struct Outbound {
-    captures: Vec<Capture>,
+    captured: BTreeMap<PathBuf, Captured>,
+    connections: Arc<Connections>,
+}
+
+/// One captured cgroup being served.
+struct Captured {
+    capture: Capture,
+    listeners: Vec<(Key, Arc<TcpListener>)>,
+    service: watch::Sender<Arc<OutboundService>>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// One captured workload, its outbound listeners bound, before anything is attached.
+/// One captured workload, its outbound listeners ready, before anything is attached.
 struct PlannedWorkload {
     workload: String,
     netns: Arc<Netns>,
-    cgroup: std::path::PathBuf,
+    cgroup: PathBuf,
     identity: Arc<TlsSource>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(Key, Arc<TcpListener>)>,
 }
 
-/// The outbound listeners of every captured workload, bound before anything is attached, so
-/// that a port already taken (e.g. by a running postern) fails the start with nothing done.
-pub struct OutboundPlan(Vec<PlannedWorkload>);
+/// The outbound side to serve, ready before anything is attached, so that a port already
+/// taken or a namespace whose addresses cannot be read fails the start or the reload with
+/// nothing changed.
+pub struct OutboundPlan {
+    workloads: Vec<PlannedWorkload>,
+    directory: Arc<MeshDirectory>,
+    timeouts: Timeouts,
+}
 
 impl OutboundPlan {
-    /// Binds the outbound listeners of every workload with a captured cgroup. `identities`
-    /// are the workloads' mesh identities by `namespace/name`.
+    /// The outbound listeners of every workload with a captured cgroup (those in `reusable`
+    /// are taken, the others bound), and the mesh directory. `identities` are the workloads'
+    /// mesh identities by `namespace/name`.
     pub fn bind(
         table: &PolicyTable,
         identities: &BTreeMap<String, Arc<TlsSource>>,
+        reusable: &HashMap<Key, Arc<TcpListener>>,
+        timeouts: Timeouts,
     ) -> anyhow::Result<OutboundPlan> {
-        let mut planned = Vec::new();
+        let mut reusable = reusable.clone();
+        let mut workloads = Vec::new();
         for workload in &table.workloads {
             let (Some(mesh), Some(identity)) = (&workload.mesh, identities.get(&workload.id()))
             else {
@@ -229,7 +277,7 @@ impl OutboundPlan {
                 continue;
             };
             let netns = Arc::new(Netns::open(&workload.netns)?);
-            let listeners = bind_outbound_listeners(&netns).with_context(|| {
+            let listeners = outbound_listeners(&netns, &mut reusable).with_context(|| {
                 format!(
                     "{}: cannot create the outbound listener (port {}) in network namespace {}",
                     workload.id(),
@@ -237,7 +285,7 @@ impl OutboundPlan {
                     netns.reference()
                 )
             })?;
-            planned.push(PlannedWorkload {
+            workloads.push(PlannedWorkload {
                 workload: workload.id(),
                 netns,
                 cgroup: cgroup.clone(),
@@ -245,34 +293,81 @@ impl OutboundPlan {
                 listeners,
             });
         }
-        Ok(OutboundPlan(planned))
+        // Finding workloads' addresses means entering their namespaces: only when needed.
+        let directory = match workloads.is_empty() {
+            true => MeshDirectory::default(),
+            false => MeshDirectory::build(table, workload_addresses)
+                .context("cannot find the addresses of the mesh workloads")?,
+        };
+        Ok(OutboundPlan {
+            workloads,
+            directory: Arc::new(directory),
+            timeouts,
+        })
+    }
+}
+
+impl Outbound {
+    /// Nothing captured yet; connections will be counted in `connections`.
+    pub fn new(connections: Arc<Connections>) -> Outbound {
+        Outbound {
+            captured: BTreeMap::new(),
+            connections,
+        }
     }
 
-    /// Attaches the capture to each cgroup (all undone if one fails) and starts accepting.
-    pub fn start(
-        self,
-        table: &PolicyTable,
-        bpffs: &Path,
-        timeouts: Timeouts,
-        connections: &Arc<Connections>,
-    ) -> anyhow::Result<Outbound> {
-        let OutboundPlan(planned) = self;
-        let (stop, stopped) = watch::channel(false);
-        let mut outbound = Outbound {
-            captures: Vec::new(),
-            stop,
-            tasks: Vec::new(),
-        };
-        if planned.is_empty() {
-            return Ok(outbound);
-        }
-        // Finding workloads' addresses means entering their namespaces: only when needed.
-        let directory = Arc::new(
-            MeshDirectory::build(table, workload_addresses)
-                .context("cannot find the addresses of the mesh workloads")?,
-        );
+    /// Makes `plan` what is captured and served. New cgroups are captured first (if one
+    /// fails, those just captured are let go again and nothing else changes); then the kept
+    /// ones get the new destination table, and the ones no longer configured are detached;
+    /// last, every workload's outbound listeners serve new connections with the new
+    /// directory and identity. A listener no longer used stops accepting after a short
+    /// linger, for connections captured just before.
+    pub fn apply(&mut self, plan: OutboundPlan, bpffs: &Path) -> anyhow::Result<()> {
+        let OutboundPlan {
+            workloads,
+            directory,
+            timeouts,
+        } = plan;
         let destinations = directory.destinations();
-        for planned in planned {
+        let mut attached = BTreeMap::new();
+        for planned in &workloads {
+            if self.captured.contains_key(&planned.cgroup) {
+                continue;
+            }
+            match Capture::attach(&planned.cgroup, bpffs, &destinations) {
+                Ok(capture) => {
+                    attached.insert(planned.cgroup.clone(), capture);
+                }
+                Err(e) => {
+                    undo(attached.into_values());
+                    return Err(anyhow::Error::from(e)
+                        .context(format!("{}: outbound capture", planned.workload)));
+                }
+            }
+        }
+        for captured in self.captured.values_mut() {
+            if workloads
+                .iter()
+                .any(|w| w.cgroup == captured.capture.cgroup())
+            {
+                captured.capture.set_destinations(&destinations)?;
+            }
+        }
+        let removed: Vec<PathBuf> = self
+            .captured
+            .keys()
+            .filter(|cgroup| !workloads.iter().any(|w| &w.cgroup == *cgroup))
+            .cloned()
+            .collect();
+        for cgroup in removed {
+            let captured = self.captured.remove(&cgroup).expect("listed");
+            tracing::info!(cgroup = %cgroup.display(), "no longer configured: outbound capture detached");
+            if let Err(e) = captured.capture.detach() {
+                tracing::error!(cgroup = %cgroup.display(), "{e:#}");
+            }
+            stop_after_linger(captured.stop, captured.tasks);
+        }
+        for planned in workloads {
             let PlannedWorkload {
                 workload,
                 netns,
@@ -280,56 +375,111 @@ impl OutboundPlan {
                 identity,
                 listeners,
             } = planned;
-            let capture = match Capture::attach(&cgroup, bpffs, &destinations) {
-                Ok(capture) => capture,
-                Err(e) => {
-                    if let Err(undo) = outbound.detach() {
-                        tracing::error!("while undoing a partial start: {undo:#}");
-                    }
-                    return Err(
-                        anyhow::Error::from(e).context(format!("{workload}: outbound capture"))
-                    );
-                }
+            let capture = match (attached.remove(&cgroup), self.captured.remove(&cgroup)) {
+                (Some(capture), _) => Ok(capture),
+                (None, Some(kept)) => Err(kept),
+                (None, None) => unreachable!("every planned cgroup is attached or kept"),
             };
-            tracing::info!(%workload, cgroup = %cgroup.display(), "originating mesh mTLS for captured connections");
             let service = Arc::new(OutboundService {
                 workload,
                 netns,
                 identity,
-                original: capture.original_destinations(),
+                original: match &capture {
+                    Ok(capture) => capture.original_destinations(),
+                    Err(kept) => kept.capture.original_destinations(),
+                },
                 directory: Arc::clone(&directory),
                 timeouts,
             });
-            outbound.captures.push(capture);
-            for listener in listeners {
-                outbound.tasks.push(tokio::spawn(serve(
-                    listener,
-                    Arc::clone(&service),
-                    Arc::clone(connections),
-                    stopped.clone(),
-                )));
-            }
+            let captured = match capture {
+                Err(kept) if same_listeners(&kept.listeners, &listeners) => {
+                    kept.service.send_replace(service);
+                    kept
+                }
+                Err(kept) => {
+                    stop_after_linger(kept.stop, kept.tasks);
+                    self.serve(kept.capture, listeners, service)
+                }
+                Ok(capture) => {
+                    tracing::info!(workload = %service.workload, cgroup = %cgroup.display(), "originating mesh mTLS for captured connections");
+                    self.serve(capture, listeners, service)
+                }
+            };
+            self.captured.insert(cgroup, captured);
         }
-        Ok(outbound)
+        Ok(())
     }
-}
 
-impl Outbound {
-    /// Stops accepting and closes the outbound listeners. The capture stays attached, so new
-    /// connects of the workloads are refused, never sent in clear.
-    pub async fn stop_accepting(&mut self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+    /// Starts the accept loops of `listeners`, serving with `service`.
+    fn serve(
+        &self,
+        capture: Capture,
+        listeners: Vec<(Key, Arc<TcpListener>)>,
+        service: Arc<OutboundService>,
+    ) -> Captured {
+        let (service, services) = watch::channel(service);
+        let (stop, stopped) = watch::channel(false);
+        let tasks = listeners
+            .iter()
+            .map(|(_, listener)| {
+                tokio::spawn(serve(
+                    Arc::clone(listener),
+                    services.clone(),
+                    Arc::clone(&self.connections),
+                    stopped.clone(),
+                ))
+            })
+            .collect();
+        Captured {
+            capture,
+            listeners,
+            service,
+            stop,
+            tasks,
         }
+    }
+
+    /// Every outbound listener, by network namespace inode and label: for a reload to keep,
+    /// or a newer postern to take over.
+    pub fn listeners(&self) -> impl Iterator<Item = (&Key, &Arc<TcpListener>)> {
+        self.captured
+            .values()
+            .flat_map(|captured| captured.listeners.iter().map(|(key, l)| (key, l)))
+    }
+
+    /// The inodes of the captured cgroups.
+    pub fn cgroup_inodes(&self) -> Vec<u64> {
+        self.captured
+            .values()
+            .map(|captured| captured.capture.inode())
+            .collect()
+    }
+
+    /// Stops accepting and closes the outbound listeners (unless a newer postern holds them
+    /// too). The capture stays attached, so new connects of the workloads are refused, never
+    /// sent in clear.
+    pub async fn stop_accepting(&mut self) {
+        for captured in self.captured.values_mut() {
+            let _ = captured.stop.send(true);
+            for task in captured.tasks.drain(..) {
+                let _ = task.await;
+            }
+            captured.listeners.clear();
+        }
+    }
+
+    /// Detaches the captures this process attached, after a failed start; adopted ones stay,
+    /// for the postern that pinned them.
+    pub fn undo(self) {
+        undo(self.captured.into_values().map(|captured| captured.capture));
     }
 
     /// Unpins and detaches every capture.
     pub fn detach(self) -> anyhow::Result<()> {
         let mut failures = Vec::new();
-        for capture in self.captures {
-            let cgroup = capture.cgroup().display().to_string();
-            if let Err(e) = capture.detach() {
+        for captured in self.captured.into_values() {
+            let cgroup = captured.capture.cgroup().display().to_string();
+            if let Err(e) = captured.capture.detach() {
                 failures.push(format!("cgroup {cgroup}: {e}"));
             }
         }
@@ -341,16 +491,42 @@ impl Outbound {
     }
 }
 
+/// Detaches each of `captures` that this process attached.
+fn undo(captures: impl Iterator<Item = Capture>) {
+    for capture in captures.filter(|capture| !capture.adopted()) {
+        if let Err(e) = capture.detach() {
+            tracing::error!("while undoing outbound capture: {e:#}");
+        }
+    }
+}
+
+/// Whether two sets of listeners are the very same sockets.
+fn same_listeners(a: &[(Key, Arc<TcpListener>)], b: &[(Key, Arc<TcpListener>)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((_, a), (_, b))| Arc::ptr_eq(a, b))
+}
+
+/// Stops accept loops after [`REMOVED_LISTENER_LINGER`]: connections the kernel sent to their
+/// listeners just before are accepted still.
+fn stop_after_linger(stop: watch::Sender<bool>, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(REMOVED_LISTENER_LINGER).await;
+        let _ = stop.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+}
+
 /// Accepts until `shutdown` turns true; each connection runs on its own task, counted in
-/// `connections`.
+/// `connections`, with the service current when it was accepted.
 async fn serve(
-    listener: TcpListener,
-    service: Arc<OutboundService>,
+    listener: Arc<TcpListener>,
+    mut service: watch::Receiver<Arc<OutboundService>>,
     connections: Arc<Connections>,
     shutdown: watch::Receiver<bool>,
 ) {
     terminator::accept_until(&listener, connections, shutdown, |stream, peer| {
-        let service = Arc::clone(&service);
+        let service = Arc::clone(&service.borrow_and_update());
         async move { handle(stream, peer, &service).await }
     })
     .await

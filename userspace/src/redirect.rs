@@ -249,7 +249,7 @@ impl Steering {
             }
         };
         let stale = adopt_stale_link(&link_path)?;
-        remove_map_pins(&dir)?;
+        remove_pins(&dir, &MAP_PINS)?;
         let netns_fd = netns.fd().map_err(|source| RedirectError::Io {
             what: "cannot open network namespace",
             path: PathBuf::from(&name),
@@ -270,7 +270,7 @@ impl Steering {
         let (ebpf, table, link) = match attached {
             Ok(attached) => attached,
             Err(e) => {
-                remove_map_pins(&dir)?;
+                remove_pins(&dir, &MAP_PINS)?;
                 return Err(e);
             }
         };
@@ -336,7 +336,7 @@ impl Steering {
         let Steering {
             table, dir, link, ..
         } = self;
-        remove_map_pins(&dir)?;
+        remove_pins(&dir, &MAP_PINS)?;
         unpin_all(&dir, [(link, "link")])?;
         tracing::debug!(netns = %table.netns, "detached sk_lookup");
         Ok(())
@@ -470,9 +470,10 @@ impl Table {
     }
 }
 
-/// Detaches and unpins the state of every namespace under `root` whose inode is not in `keep`:
-/// state left by an earlier postern for namespaces this one does not serve.
-pub fn remove_unused(root: &Path, keep: &[u64]) -> Result<(), RedirectError> {
+/// Detaches and unpins the state under `root` of every namespace (`kind` `netns`) or cgroup
+/// (`kind` `cgroup`) whose inode is not in `keep`: state left by an earlier postern for
+/// namespaces or cgroups this one does not serve.
+pub fn remove_unused(root: &Path, kind: &str, keep: &[u64]) -> Result<(), RedirectError> {
     let entries = match fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -488,7 +489,7 @@ pub fn remove_unused(root: &Path, keep: &[u64]) -> Result<(), RedirectError> {
         let name = entry.file_name();
         let Some(inode) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("netns-"))
+            .and_then(|n| n.strip_prefix(kind)?.strip_prefix('-'))
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -502,7 +503,8 @@ pub fn remove_unused(root: &Path, keep: &[u64]) -> Result<(), RedirectError> {
             path: entry.path(),
             source,
         })?;
-        tracing::warn!(path = %entry.path().display(), "removed the kernel state of a namespace no longer configured");
+        let what = if kind == "netns" { "namespace" } else { kind };
+        tracing::warn!(path = %entry.path().display(), "removed the kernel state of a {what} no longer configured");
     }
     Ok(())
 }
@@ -536,9 +538,7 @@ fn adopt(dir: &Path) -> Result<Option<(PinnedLink, Maps, Vec<Installed>)>, BoxEr
     if !link_path.exists() || MAP_PINS.iter().any(|name| !dir.join(name).exists()) {
         return Ok(None);
     }
-    let open = |name: &str| -> Result<Map, BoxError> {
-        Ok(Map::from_map_data(MapData::from_pin(dir.join(name))?)?)
-    };
+    let open = |name: &str| open_pinned(&dir.join(name));
     let maps = Maps {
         rules: open(MAP_PINS[0])?.try_into()?,
         listeners: open(MAP_PINS[1])?.try_into()?,
@@ -557,9 +557,9 @@ fn adopt(dir: &Path) -> Result<Option<(PinnedLink, Maps, Vec<Installed>)>, BoxEr
     Ok(Some((link, maps, installed)))
 }
 
-/// Removes the map pins in `dir`, if any.
-fn remove_map_pins(dir: &Path) -> Result<(), RedirectError> {
-    for name in MAP_PINS {
+/// Removes the pins `names` in `dir`, if there.
+pub(crate) fn remove_pins(dir: &Path, names: &[&str]) -> Result<(), RedirectError> {
+    for name in names {
         let path = dir.join(name);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -597,16 +597,24 @@ pub(crate) fn adopt_stale_link(path: &Path) -> Result<Option<FdLink>, RedirectEr
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Takes the map `name` out of `ebpf` and pins it at `path`.
+pub(crate) fn take_and_pin(ebpf: &mut Ebpf, name: &str, path: &Path) -> Result<Map, BoxError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("no {name} map in the eBPF object"))?;
+    map.pin(path)?;
+    Ok(map)
+}
+
+/// Opens the map pinned at `path`.
+pub(crate) fn open_pinned(path: &Path) -> Result<Map, BoxError> {
+    Ok(Map::from_map_data(MapData::from_pin(path)?)?)
+}
+
 /// Loads the eBPF object and pins its (empty) maps in `dir`.
 fn load(dir: &Path) -> Result<(Ebpf, Maps), BoxError> {
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
-    let mut take = |name: &str, pin: &str| -> Result<Map, BoxError> {
-        let map = ebpf
-            .take_map(name)
-            .ok_or_else(|| format!("no {name} map in the eBPF object"))?;
-        map.pin(dir.join(pin))?;
-        Ok(map)
-    };
+    let mut take = |name: &str, pin: &str| take_and_pin(&mut ebpf, name, &dir.join(pin));
     let maps = Maps {
         rules: take("RULES", MAP_PINS[0])?.try_into()?,
         listeners: take("LISTENERS", MAP_PINS[1])?.try_into()?,

@@ -206,6 +206,9 @@ pub(crate) fn listen_on(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
+    // A fixed port (the outbound one) must bind again while connections it accepted before
+    // (a reload let it go, or a postern died) linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
