@@ -345,13 +345,19 @@ impl Outbound {
                 }
             }
         }
-        for captured in self.captured.values_mut() {
-            if workloads
-                .iter()
-                .any(|w| w.cgroup == captured.capture.cgroup())
-            {
-                captured.capture.set_destinations(&destinations)?;
-            }
+        let updated = self
+            .captured
+            .values_mut()
+            .filter(|captured| {
+                workloads
+                    .iter()
+                    .any(|w| w.cgroup == captured.capture.cgroup())
+            })
+            .try_for_each(|captured| captured.capture.set_destinations(&destinations));
+        if let Err(e) = updated {
+            // Those just captured are let go; kept ones already changed keep the new table.
+            undo(attached.into_values());
+            return Err(e.into());
         }
         let removed: Vec<PathBuf> = self
             .captured
