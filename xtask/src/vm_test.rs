@@ -67,13 +67,18 @@ const MATRIX: &[Series] = &[
 
 /// What the guest runs when no arguments are given: the core subset (software emulation makes
 /// the whole suite take about a minute a test; see vm-test/README.md). Substring filters: the
-/// seed's mTLS request, plaintext reset on the STRICT port, and both fail-closed tests. One
-/// test at a time: with two in parallel on emulated CPUs, a curl in one test once got no
-/// answer (cause not found; it did not recur alone).
+/// seed's mTLS request, plaintext reset on the STRICT port, both fail-closed tests, the
+/// in-mesh client's plain HTTP to 9081 over mesh mTLS (both SPIFFE IDs in the access log),
+/// its refusal while postern is killed, and a takeover with outbound capture under an
+/// in-mesh client loop. One test at a time: with two in parallel on emulated CPUs, a curl in
+/// one test once got no answer (cause not found; it did not recur alone).
 const DEFAULT_E2E_ARGS: &[&str] = &[
     "seed::mtls_with_the_seed_client_certificate_gets_200_over_tls13",
     "seed::plaintext_to_the_strict_port_is_reset",
     "fail_closed::",
+    "mesh::in_mesh_client_reaches_the_strict_port_in_plain_http_over_mesh_mtls",
+    "mesh::killed_postern_leaves_the_mesh_client_refused_not_in_clear",
+    "mesh::a_takeover_with_outbound_capture_fails_no_mesh_request",
     "--test-threads",
     "1",
 ];

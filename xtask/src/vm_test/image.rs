@@ -29,6 +29,8 @@ const GUEST_PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
     "kmod",
+    // The tests check what is attached to network namespaces and cgroups with it.
+    "bpftool",
 ];
 
 /// Directories the guest needs that no package makes: the Sidecar's certificate mount points,
