@@ -381,32 +381,30 @@ impl Outbound {
                 identity,
                 listeners,
             } = planned;
-            let capture = match (attached.remove(&cgroup), self.captured.remove(&cgroup)) {
-                (Some(capture), _) => Ok(capture),
-                (None, Some(kept)) => Err(kept),
-                (None, None) => unreachable!("every planned cgroup is attached or kept"),
+            let service = |original| {
+                Arc::new(OutboundService {
+                    workload,
+                    netns,
+                    identity,
+                    original,
+                    directory: Arc::clone(&directory),
+                    timeouts,
+                })
             };
-            let service = Arc::new(OutboundService {
-                workload,
-                netns,
-                identity,
-                original: match &capture {
-                    Ok(capture) => capture.original_destinations(),
-                    Err(kept) => kept.capture.original_destinations(),
-                },
-                directory: Arc::clone(&directory),
-                timeouts,
-            });
-            let captured = match capture {
-                Err(kept) if same_listeners(&kept.listeners, &listeners) => {
-                    kept.service.send_replace(service);
-                    kept
+            let captured = match self.captured.remove(&cgroup) {
+                Some(kept) => {
+                    let service = service(kept.capture.original_destinations());
+                    if same_listeners(&kept.listeners, &listeners) {
+                        kept.service.send_replace(service);
+                        kept
+                    } else {
+                        stop_after_linger(kept.stop, kept.tasks);
+                        self.serve(kept.capture, listeners, service)
+                    }
                 }
-                Err(kept) => {
-                    stop_after_linger(kept.stop, kept.tasks);
-                    self.serve(kept.capture, listeners, service)
-                }
-                Ok(capture) => {
+                None => {
+                    let capture = attached.remove(&cgroup).expect("captured above");
+                    let service = service(capture.original_destinations());
                     tracing::info!(workload = %service.workload, cgroup = %cgroup.display(), "originating mesh mTLS for captured connections");
                     self.serve(capture, listeners, service)
                 }
