@@ -111,4 +111,22 @@ impl SeedClient {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))??;
         Ok((status, started.elapsed()))
     }
+
+    /// An mTLS connection that sends `bytes` bytes (a pattern unique to `id`), half-closes, and
+    /// reads back what an echo app returns: whether it came back byte-exact.
+    pub async fn echo_transfer(&self, bytes: usize, id: u64) -> io::Result<bool> {
+        let sent: Vec<u8> = (0..bytes).map(|i| (i as u64 ^ id) as u8).collect();
+        let tls = self.mtls().await?;
+        let (mut read, mut write) = tokio::io::split(tls);
+        let sending = async {
+            write.write_all(&sent).await?;
+            write.shutdown().await
+        };
+        let receiving = async {
+            let mut back = Vec::new();
+            read.read_to_end(&mut back).await.map(|_| back)
+        };
+        let (_, back) = tokio::try_join!(sending, receiving)?;
+        Ok(back == sent)
+    }
 }

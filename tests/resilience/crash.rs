@@ -5,18 +5,18 @@
 //! service must resume.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use postern_testbed::{Figures, SeedTopology, Signal, TopologyOptions, Usage, EXTERNAL_PORT};
+use postern_testbed::{Figures, Signal, Usage, EXTERNAL_PORT};
 
-use crate::apps::{AppMode, TestApp};
 use crate::client::SeedClient;
-use crate::{record, runtime, sized, Namespaces, Running};
+use crate::load::{loops_and_phase_time, EchoBehindPostern, Loops};
+use crate::{record, Running};
 
 /// Where postern's connections to the app come from.
 const POSTERN_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
@@ -48,22 +48,6 @@ struct Tally {
     clear_stopped: [AtomicU64; PHASES.len()],
 }
 
-async fn mtls_transfer(client: &SeedClient, id: u64) -> std::io::Result<bool> {
-    let sent: Vec<u8> = (0..TRANSFER).map(|i| (i as u64 ^ id) as u8).collect();
-    let tls = client.mtls().await?;
-    let (mut read, mut write) = tokio::io::split(tls);
-    let sending = async {
-        write.write_all(&sent).await?;
-        write.shutdown().await
-    };
-    let receiving = async {
-        let mut back = Vec::new();
-        read.read_to_end(&mut back).await.map(|_| back)
-    };
-    let (_, back) = tokio::try_join!(sending, receiving)?;
-    Ok(back == sent)
-}
-
 /// A clear-text request straight at the intercepted port: whether it came back, i.e. reached
 /// the echo app. (postern answers it with a TLS alert, which is not an echo.)
 async fn clear_text_echoed(client: &SeedClient) -> bool {
@@ -84,25 +68,14 @@ async fn clear_text_echoed(client: &SeedClient) -> bool {
 
 #[test]
 fn sigkill_under_load_never_lets_clear_text_through_and_service_resumes() {
-    let (workers, phase_time) = (
-        sized(16, 64),
-        sized(Duration::from_millis(1500), Duration::from_secs(20)),
-    );
-    let topology = SeedTopology::build(TopologyOptions {
-        httpbin: false,
-        ..TopologyOptions::default()
-    })
-    .unwrap();
-    let config = topology.seed_config_app_on_external_port().unwrap();
-    let namespaces = Namespaces::of(&topology);
-    let runtime = runtime();
-    let app = TestApp::start(
-        &runtime,
-        &namespaces.pod,
-        SocketAddr::from(([0, 0, 0, 0], EXTERNAL_PORT)),
-        AppMode::Echo,
-    );
-    let client = SeedClient::new(&topology, Arc::clone(&namespaces.client));
+    let (workers, phase_time) = loops_and_phase_time();
+    let EchoBehindPostern {
+        topology,
+        config,
+        runtime,
+        app,
+        client,
+    } = EchoBehindPostern::build();
     // Without postern, clear text reaches the app and comes back: the check below can fail.
     assert!(runtime.block_on(clear_text_echoed(&client)));
     let from_outside = |peers: &BTreeMap<IpAddr, u64>| -> u64 {
@@ -115,37 +88,31 @@ fn sigkill_under_load_never_lets_clear_text_through_and_service_resumes() {
     let outside_before = from_outside(&app.peers());
     let mut run = Running::start(topology, &config, &[]);
     let tally = Arc::new(Tally::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut load = tokio::task::JoinSet::new();
-    for worker in 0..workers {
-        let (client, tally, stopped) = (client.clone(), Arc::clone(&tally), stopped.clone());
-        load.spawn_on(
+    let load = Loops::start(&runtime, workers, {
+        let (client, tally) = (client.clone(), Arc::clone(&tally));
+        move |worker, n| {
+            let (client, tally) = (client.clone(), Arc::clone(&tally));
             async move {
-                let mut n = 0u64;
-                while !*stopped.borrow() {
-                    let phase = tally.phase.load(Ordering::Acquire);
-                    // One clear-text attempt for every three mTLS transfers.
-                    if n % 4 == 3 {
-                        let counter = match clear_text_echoed(&client).await {
-                            true => &tally.clear_echoed[phase],
-                            false => &tally.clear_stopped[phase],
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        let id = (worker as u64) << 32 | n;
-                        match mtls_transfer(&client, id).await {
-                            Ok(true) => tally.mtls_ok[phase].fetch_add(1, Ordering::Relaxed),
-                            _ => tally.mtls_failed[phase].fetch_add(1, Ordering::Relaxed),
-                        };
-                    }
-                    n += 1;
-                    // Refusals are instant while postern is dead: do not spin.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                let phase = tally.phase.load(Ordering::Acquire);
+                // One clear-text attempt for every three mTLS transfers.
+                if n % 4 == 3 {
+                    let counter = match clear_text_echoed(&client).await {
+                        true => &tally.clear_echoed[phase],
+                        false => &tally.clear_stopped[phase],
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let id = (worker as u64) << 32 | n;
+                    match client.echo_transfer(TRANSFER, id).await {
+                        Ok(true) => tally.mtls_ok[phase].fetch_add(1, Ordering::Relaxed),
+                        _ => tally.mtls_failed[phase].fetch_add(1, Ordering::Relaxed),
+                    };
                 }
-            },
-            runtime.handle(),
-        );
-    }
+                // Refusals are instant while postern is dead: do not spin.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
 
     std::thread::sleep(phase_time);
     let usage_before_kill = Usage::of(run.postern.pid()).unwrap();
@@ -157,11 +124,10 @@ fn sigkill_under_load_never_lets_clear_text_through_and_service_resumes() {
     run.restart(&config);
     tally.phase.store(AFTER, Ordering::Release);
     std::thread::sleep(phase_time);
-    let _ = stop.send(true);
-    runtime.block_on(async { while load.join_next().await.is_some() {} });
+    load.stop(&runtime);
     let usage_after = Usage::of(run.postern.pid()).unwrap();
 
-    let load = |counters: &[AtomicU64; PHASES.len()], phase: usize| {
+    let count = |counters: &[AtomicU64; PHASES.len()], phase: usize| {
         counters[phase].load(Ordering::Relaxed)
     };
     let peers = app.peers();
@@ -183,7 +149,7 @@ fn sigkill_under_load_never_lets_clear_text_through_and_service_resumes() {
     ];
     for (phase, name) in PHASES.iter().enumerate() {
         for (what, first, second) in pairs {
-            let counts = format!("{} / {}", load(first, phase), load(second, phase));
+            let counts = format!("{} / {}", count(first, phase), count(second, phase));
             figures.add(&format!("{name}: {what}"), counts);
         }
     }
@@ -199,23 +165,23 @@ fn sigkill_under_load_never_lets_clear_text_through_and_service_resumes() {
     );
     for (phase, name) in PHASES.iter().enumerate() {
         assert_eq!(
-            load(&tally.clear_echoed, phase),
+            count(&tally.clear_echoed, phase),
             0,
             "clear text reached the app {name}"
         );
     }
     assert!(
-        load(&tally.mtls_ok, BEFORE) > 0,
+        count(&tally.mtls_ok, BEFORE) > 0,
         "no transfer worked before the kill"
     );
     assert_eq!(
-        load(&tally.mtls_ok, DEAD),
+        count(&tally.mtls_ok, DEAD),
         0,
         "a transfer worked with postern dead"
     );
-    assert!(load(&tally.mtls_ok, AFTER) > 0, "service did not resume");
+    assert!(count(&tally.mtls_ok, AFTER) > 0, "service did not resume");
     assert_eq!(
-        load(&tally.mtls_failed, AFTER),
+        count(&tally.mtls_failed, AFTER),
         0,
         "transfers failed after the restart"
     );

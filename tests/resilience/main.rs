@@ -13,8 +13,10 @@ mod concurrency;
 mod crash;
 mod flood;
 mod hostile;
+mod load;
 mod scanner;
 mod slowloris;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;

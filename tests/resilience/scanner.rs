@@ -27,10 +27,21 @@ fn strong(protocol: &str, cipher: &str) -> bool {
     }
 }
 
-/// sslscan's verdict lines: `(protocol, enabled)` and `(protocol, cipher)` accepted.
-fn parse_sslscan(output: &str) -> (Vec<(String, bool)>, Vec<(String, String)>) {
-    let mut protocols = Vec::new();
-    let mut ciphers = Vec::new();
+/// What sslscan found.
+#[derive(Default)]
+struct Scan {
+    /// `(protocol, enabled)`.
+    protocols: Vec<(String, bool)>,
+    /// `(protocol, cipher)` accepted.
+    ciphers: Vec<(String, String)>,
+}
+
+/// sslscan's verdict lines.
+fn parse_sslscan(output: &str) -> Scan {
+    let Scan {
+        mut protocols,
+        mut ciphers,
+    } = Scan::default();
     for line in output.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -45,7 +56,7 @@ fn parse_sslscan(output: &str) -> (Vec<(String, bool)>, Vec<(String, String)>) {
             _ => {}
         }
     }
-    (protocols, ciphers)
+    Scan { protocols, ciphers }
 }
 
 #[test]
@@ -69,7 +80,7 @@ fn a_tls_scanner_finds_no_weak_protocol_or_cipher() {
         "`{command}` failed:\n{text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let (protocols, ciphers) = parse_sslscan(&text);
+    let Scan { protocols, ciphers } = parse_sslscan(&text);
     let enabled: Vec<&str> = protocols
         .iter()
         .filter(|(_, on)| *on)

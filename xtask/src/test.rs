@@ -21,10 +21,13 @@ pub fn run(cargo_test_args: &[String]) -> Result<()> {
     }
 
     run_command(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // `--all-targets` leaves out targets with `test = false`: the resilience suite is named.
     run_command(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--test",
+        "resilience",
         "--",
         "-D",
         "warnings",
