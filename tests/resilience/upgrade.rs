@@ -42,14 +42,9 @@ impl Tally {
 #[test]
 fn takeover_and_reload_under_load_fail_nothing() {
     let (workers, phase_time) = loops_and_phase_time();
-    let EchoBehindPostern {
-        topology,
-        config,
-        runtime,
-        app,
-        client,
-    } = EchoBehindPostern::build();
-    let mut run = Running::start(topology, &config, &[]);
+    let echo = EchoBehindPostern::build();
+    let (config, runtime, app, client) = (echo.config, echo.runtime, echo.app, echo.client);
+    let mut run = Running::start(echo.topology, &config, &[]);
     let old_pid = run.postern.pid();
 
     let tally = Arc::new(Tally::default());
