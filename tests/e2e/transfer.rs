@@ -1,6 +1,7 @@
-//! h: 64 MiB up and 64 MiB down through the mutual-TLS port arrive byte-exact, and a
-//! half-close from either side is passed on while the other direction keeps flowing.
-//! The client is socat with OpenSSL, a real TLS client that half-closes on end of input.
+//! h: 64 MiB up and 64 MiB down through the mutual-TLS port (the copy loop) and through a
+//! plaintext port (`splice(2)`) arrive byte-exact, and a half-close from either side is passed
+//! on while the other direction keeps flowing. The client is socat (with OpenSSL for TLS), a
+//! real client that half-closes on end of input.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ const MIB: usize = 1024 * 1024;
 const SIZE: usize = 64 * MIB;
 
 /// 9080 → the app on 127.0.0.1:9090, 9082 → the app on 127.0.0.1:9091, both MUTUAL TLS as
-/// in the seed, raw TCP (no ALPN).
+/// in the seed, raw TCP (no ALPN); 9084 and 9085 → the same apps in plaintext.
 const TRANSFER_CONFIG: &str = "\
 apiVersion: security.istio.io/v1beta1
 kind: PeerAuthentication
@@ -34,6 +35,10 @@ spec:
     9080:
       mode: DISABLE
     9082:
+      mode: DISABLE
+    9084:
+      mode: DISABLE
+    9085:
       mode: DISABLE
 ---
 apiVersion: networking.istio.io/v1beta1
@@ -66,6 +71,16 @@ spec:
       privateKey: /etc/istio/tls-certs/tls.key
       serverCertificate: /etc/istio/tls-certs/tls.crt
       caCertificates: /etc/istio/tls-ca-certs/ca.crt
+  - port:
+      number: 9084
+      protocol: TCP
+      name: plain-echo
+    defaultEndpoint: 127.0.0.1:9090
+  - port:
+      number: 9085
+      protocol: TCP
+      name: plain-talker
+    defaultEndpoint: 127.0.0.1:9091
 ";
 
 fn running() -> Running {
@@ -82,19 +97,24 @@ fn running() -> Running {
     Running::start(topology, &[config])
 }
 
-/// Sends `upload` to the pod's `port` with socat over mutual TLS; returns what came back.
-fn socat(run: &Running, port: u16, upload: &[u8]) -> Vec<u8> {
+/// Sends `upload` to the pod's `port` with socat, over mutual TLS or in plaintext; returns
+/// what came back.
+fn socat(run: &Running, port: u16, tls: bool, upload: &[u8]) -> Vec<u8> {
     let dir = run.topology.work_dir();
     let input = dir.join(format!("upload-{port}"));
     let output = dir.join(format!("download-{port}"));
     std::fs::write(&input, upload).unwrap();
     let certs = run.topology.certs();
-    let address = format!(
-        "OPENSSL:198.18.0.2:{port},cert={},key={},cafile={},commonname=httpbin.test.svc.cluster.local",
-        certs.client_cert.display(),
-        certs.client_key.display(),
-        certs.ca_cert.display(),
-    );
+    let address = if tls {
+        format!(
+            "OPENSSL:198.18.0.2:{port},cert={},key={},cafile={},commonname=httpbin.test.svc.cluster.local",
+            certs.client_cert.display(),
+            certs.client_key.display(),
+            certs.ca_cert.display(),
+        )
+    } else {
+        format!("TCP:198.18.0.2:{port}")
+    };
     // -t: after one side's end of stream, keep the other direction flowing this long.
     let status = run
         .topology
@@ -118,10 +138,22 @@ fn expect(data: &[u8]) -> Received {
     }
 }
 
+/// The access log of the one connection to `port` counts 64 MiB each way.
+fn assert_logged_64_mib_each_way(run: &Running, port: u16) {
+    let lines = run.access_lines_to(&format!("198.18.0.2:{port}"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    for field in [
+        format!("bytes_from_client={SIZE} "),
+        format!("bytes_to_client={SIZE} "),
+        "outcome=ok".to_string(),
+    ] {
+        assert!(lines[0].contains(&field), "{field} missing in {}", lines[0]);
+    }
+}
+
 /// The client half-closes first: the app sees the end of stream only if postern passes it on,
 /// and the client gets the rest of the echo after it stopped sending.
-#[test]
-fn client_half_close_64_mib_each_way_byte_exact() {
+fn client_half_close(port: u16, tls: bool) {
     let run = running();
     let app = App::spawn(
         run.topology.pod_netns_path(),
@@ -129,16 +161,16 @@ fn client_half_close_64_mib_each_way_byte_exact() {
         Behaviour::Echo,
     );
     let upload = pattern(SIZE, 1);
-    let download = socat(&run, 9080, &upload);
+    let download = socat(&run, port, tls, &upload);
     assert_eq!(app.received(Duration::from_secs(60)), expect(&upload));
     assert_eq!(download.len(), SIZE);
     assert!(sha256(&download) == sha256(&upload), "echo differs");
+    assert_logged_64_mib_each_way(&run, port);
 }
 
 /// The app half-closes first, after sending 64 MiB: the client gets all of it and its end of
 /// stream, and the client's 64 MiB still reach the app afterwards.
-#[test]
-fn app_half_close_64_mib_each_way_byte_exact() {
+fn app_half_close(port: u16, tls: bool) {
     let run = running();
     let down = Arc::new(pattern(SIZE, 2));
     let app = App::spawn(
@@ -147,8 +179,29 @@ fn app_half_close_64_mib_each_way_byte_exact() {
         Behaviour::SendThenReceive(Arc::clone(&down)),
     );
     let upload = pattern(SIZE, 3);
-    let download = socat(&run, 9082, &upload);
+    let download = socat(&run, port, tls, &upload);
     assert_eq!(app.received(Duration::from_secs(60)), expect(&upload));
     assert_eq!(download.len(), SIZE);
     assert!(sha256(&download) == sha256(&down), "download differs");
+    assert_logged_64_mib_each_way(&run, port);
+}
+
+#[test]
+fn client_half_close_64_mib_each_way_byte_exact() {
+    client_half_close(9080, true);
+}
+
+#[test]
+fn app_half_close_64_mib_each_way_byte_exact() {
+    app_half_close(9082, true);
+}
+
+#[test]
+fn plaintext_client_half_close_64_mib_each_way_byte_exact() {
+    client_half_close(9084, false);
+}
+
+#[test]
+fn plaintext_app_half_close_64_mib_each_way_byte_exact() {
+    app_half_close(9085, false);
 }

@@ -22,3 +22,4 @@ pub mod redirect;
 pub mod resources;
 pub mod terminator;
 pub mod tls;
+pub mod zero_copy;

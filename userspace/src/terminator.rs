@@ -20,6 +20,7 @@ use crate::metrics::{AcceptError, HandshakeFailure, LimitMetrics, PortMetrics};
 use crate::netns::Netns;
 use crate::policy::{ConnectionLimits, Endpoint};
 use crate::tls::reload::TlsSource;
+use crate::zero_copy;
 
 /// Source address of postern's connections to the app; the eBPF program never intercepts it.
 pub const APP_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
@@ -444,7 +445,7 @@ async fn apply_policy(
             };
             if !starts_tls(&stream, wait).await {
                 if *permissive {
-                    return to_app(stream, service, port, record).await;
+                    return plain_to_app(stream, service, port, record).await;
                 }
                 reset(stream);
                 return Err(Failure::Reset(STRICT_NOT_TLS));
@@ -460,7 +461,7 @@ async fn apply_policy(
                 }
             }
         }
-        Action::Plaintext => to_app(stream, service, port, record).await,
+        Action::Plaintext => plain_to_app(stream, service, port, record).await,
         Action::Reset(reason) => {
             // Wait for the client's first bytes so it sees a reset in answer to what it sent,
             // not a refusal of its connect: the same error (curl exit 56) as from Istio.
@@ -474,7 +475,7 @@ async fn apply_policy(
                 reset(stream);
                 return Err(Failure::Reset(tls_reason));
             }
-            to_app(stream, service, port, record).await
+            plain_to_app(stream, service, port, record).await
         }
     }
 }
@@ -486,6 +487,7 @@ pub(crate) fn reset(stream: TcpStream) {
     }
 }
 
+/// Relays a client whose bytes pass through rustls to the app, with the copy loop.
 async fn to_app<C>(
     client: C,
     service: &PortService,
@@ -495,6 +497,27 @@ async fn to_app<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    match connect_app(service, port).await? {
+        App::Tcp(app) => splice(client, app, record, &service.limits).await,
+        App::Unix(app) => splice(client, app, record, &service.limits).await,
+    }
+}
+
+/// Relays a plaintext client to the app, the bytes passed along in the kernel.
+async fn plain_to_app(
+    client: TcpStream,
+    service: &PortService,
+    port: u16,
+    record: &mut Record,
+) -> Result<(), Failure> {
+    match connect_app(service, port).await? {
+        App::Tcp(app) => splice_plain(&client, &app, record, &service.limits).await,
+        App::Unix(app) => splice_plain(&client, &app, record, &service.limits).await,
+    }
+}
+
+/// Connects to the port's app under the connect timeout.
+async fn connect_app(service: &PortService, port: u16) -> Result<App, Failure> {
     let own_port = Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     let endpoint = service.endpoint.as_ref().unwrap_or(&own_port);
     let connect_failed = |error: io::Error| Failure::Connect {
@@ -514,7 +537,7 @@ where
             Endpoint::Unix(path) => Ok(App::Unix(UnixStream::connect(path).await?)),
         }
     };
-    let app = tokio::time::timeout(timeout, connecting)
+    tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| {
             connect_failed(io::Error::new(
@@ -522,11 +545,7 @@ where
                 format!("no answer within {timeout:?}"),
             ))
         })?
-        .map_err(connect_failed)?;
-    match app {
-        App::Tcp(app) => splice(client, app, record, &service.limits).await,
-        App::Unix(app) => splice(client, app, record, &service.limits).await,
-    }
+        .map_err(connect_failed)
 }
 
 enum App {
@@ -558,25 +577,81 @@ where
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut app_read, mut app_write) = tokio::io::split(app);
-    let started = Instant::now();
-    // Milliseconds since `started` of the last byte either way, for the idle timeout.
-    let last_activity = AtomicU64::new(0);
+    let activity = Activity::new();
     let upstream = pump(
         &mut client_read,
         &mut app_write,
         &mut record.bytes_from_client,
-        (started, &last_activity),
+        &activity,
     );
     let downstream = pump(
         &mut app_read,
         &mut client_write,
         &mut record.bytes_to_client,
-        (started, &last_activity),
+        &activity,
     );
-    let both = async { tokio::try_join!(upstream, downstream).map_err(Failure::Splice) };
+    bounded(
+        async { tokio::try_join!(upstream, downstream) },
+        limits,
+        &activity,
+    )
+    .await
+}
+
+/// [`splice`] for a plaintext client: the same half-closes, counts and limits, with the bytes
+/// moved by `splice(2)` instead of copied.
+async fn splice_plain(
+    client: &TcpStream,
+    app: &impl zero_copy::Socket,
+    record: &mut Record,
+    limits: &ConnectionLimits,
+) -> Result<(), Failure> {
+    let activity = Activity::new();
+    let upstream = zero_copy::pump(client, app, &mut record.bytes_from_client, || {
+        activity.touch()
+    });
+    let downstream = zero_copy::pump(app, client, &mut record.bytes_to_client, || {
+        activity.touch()
+    });
+    bounded(
+        async { tokio::try_join!(upstream, downstream) },
+        limits,
+        &activity,
+    )
+    .await
+}
+
+/// When a connection started and when a byte last moved either way, for the idle timeout.
+struct Activity {
+    started: Instant,
+    /// Milliseconds since `started` of the last byte either way.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Runs both directions of a connection until they finish, the port's idle timeout or its
+/// maximum duration, whichever comes first.
+async fn bounded<T>(
+    both: impl std::future::Future<Output = io::Result<T>>,
+    limits: &ConnectionLimits,
+    activity: &Activity,
+) -> Result<(), Failure> {
     let idle = async {
         match limits.idle_timeout {
-            Some(limit) => idle_watch(limit, started, &last_activity).await,
+            Some(limit) => idle_watch(limit, activity).await,
             None => std::future::pending().await,
         }
     };
@@ -590,17 +665,17 @@ where
         }
     };
     tokio::select! {
-        done = both => done.map(|_| ()),
+        done = both => done.map(|_| ()).map_err(Failure::Splice),
         failure = idle => Err(failure),
         failure = lifetime => Err(failure),
     }
 }
 
 /// Completes once no byte has moved either way for `limit`.
-async fn idle_watch(limit: Duration, started: Instant, last_activity: &AtomicU64) -> Failure {
+async fn idle_watch(limit: Duration, activity: &Activity) -> Failure {
     loop {
-        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        let quiet = started.elapsed().saturating_sub(last);
+        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
+        let quiet = activity.started.elapsed().saturating_sub(last);
         if quiet >= limit {
             return Failure::Idle(limit);
         }
@@ -612,7 +687,7 @@ async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     moved: &mut u64,
-    (started, last_activity): (Instant, &AtomicU64),
+    activity: &Activity,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -633,7 +708,7 @@ where
         to.write_all(bytes).await?;
         to.flush().await?;
         *moved += bytes.len() as u64;
-        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        activity.touch();
     }
 }
 
