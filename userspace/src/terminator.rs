@@ -379,15 +379,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, service: Arc<PortService>, 
 /// Completes the server side of a TLS handshake under the handshake timeout and records the
 /// session. On failure, the connection is handed back (unless the timeout took it) so the
 /// caller can decide how to close it.
+///
+/// The handshake's state and the resulting stream (over a kilobyte each) live on the heap:
+/// held inline, every future that waits on them or moves the stream along would reserve room
+/// for them for the connection's whole life, an idle one's too.
 async fn accept_tls(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     service: &PortService,
     record: &mut Record,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, (Failure, Option<TcpStream>)> {
+) -> Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, (Failure, Option<TcpStream>)> {
     let timeout = service.timeouts.handshake;
     let started = Instant::now();
-    let accepting = TlsAcceptor::from(config).accept(stream).into_fallible();
+    let accepting = Box::pin(TlsAcceptor::from(config).accept(stream).into_fallible());
     let tls = match tokio::time::timeout(timeout, accepting).await {
         Ok(Ok(tls)) => tls,
         Ok(Err((e, stream))) => {
@@ -410,7 +414,7 @@ async fn accept_tls(
     record.alpn = session
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    Ok(tls)
+    Ok(Box::new(tls))
 }
 
 /// Whether the client's first byte, waited for up to `wait`, starts a TLS handshake.
