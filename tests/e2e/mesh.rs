@@ -523,25 +523,8 @@ fn mesh_certificates_reload_and_a_wrong_identity_is_not_taken() {
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
     // Both requests met httpbin's own identity; the second, the previous material.
     let httpbin = format!("peer_identity={}", spiffe_id(TRUST_DOMAIN, "httpbin"));
-    // Access-log lines are written as connections end, just after curl's answer: wait.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let verified = mesh
-            .postern
-            .access_log()
-            .iter()
-            .filter(|line| line.contains("direction=outbound") && line.contains(&httpbin))
-            .count();
-        if verified == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{verified} verified connections:\n{}",
-            mesh.postern.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let verified = mesh.outbound_lines_with(&httpbin, 2);
+    assert_eq!(verified, 2, "verified connections:\n{}", mesh.postern.log());
 }
 
 /// The programs attached to the cgroup at `path`, as bpftool sees them.
@@ -648,12 +631,27 @@ impl Mesh {
     }
 
     /// The outbound access-log lines so far.
-    fn outbound_lines(&self) -> usize {
-        self.postern
-            .access_log()
-            .iter()
-            .filter(|line| line.contains("direction=outbound"))
-            .count()
+    /// The outbound access-log lines, once there are at least `expected` (each is written when
+    /// its connection ends, which may be just after the client has its answer) or 10 s passed.
+    fn outbound_lines(&self, expected: usize) -> usize {
+        self.outbound_lines_with("", expected)
+    }
+
+    /// [`Mesh::outbound_lines`] that contain `needle`.
+    fn outbound_lines_with(&self, needle: &str, expected: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let count = self
+                .postern
+                .access_log()
+                .iter()
+                .filter(|line| line.contains("direction=outbound") && line.contains(needle))
+                .count();
+            if count >= expected || std::time::Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -692,13 +690,13 @@ fn a_reload_changes_the_mesh_destinations_and_the_captured_cgroups() {
         "{}",
         result.summary()
     );
-    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+    assert_eq!(mesh.outbound_lines(1), 1, "{}", mesh.postern.log());
 
     // 9081 DISABLE: plaintext for everyone, so the client's request is not captured.
     mesh.reload(HTTPBIN_PEER_AUTHENTICATION_FILE, &port_9081("DISABLE"), 2);
     let result = mesh.get_from_mesh_client(9081);
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
-    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+    assert_eq!(mesh.outbound_lines(1), 1, "{}", mesh.postern.log());
     // The pod's postern saw the client itself, in plaintext, with no identity.
     // The first was the Service's connection, over mesh mTLS.
     let plain = mesh
@@ -720,7 +718,7 @@ fn a_reload_changes_the_mesh_destinations_and_the_captured_cgroups() {
     assert_eq!(cgroup_programs(mesh.client.cgroup()), 0);
     let result = mesh.get_from_mesh_client(9081);
     assert!(result.http_status().is_none(), "{}", result.summary());
-    assert_eq!(mesh.outbound_lines(), 1, "{}", mesh.postern.log());
+    assert_eq!(mesh.outbound_lines(1), 1, "{}", mesh.postern.log());
 
     // Added back, with the Service: captured again, and the Service is reached.
     mesh.reload(WORKLOADS_FILE, &mesh.workloads(true, true), 5);
@@ -729,7 +727,7 @@ fn a_reload_changes_the_mesh_destinations_and_the_captured_cgroups() {
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
     let result = to_service(&mesh);
     assert_eq!(result.http_status(), Some(200), "{}", result.summary());
-    assert_eq!(mesh.outbound_lines(), 3, "{}", mesh.postern.log());
+    assert_eq!(mesh.outbound_lines(3), 3, "{}", mesh.postern.log());
 }
 
 /// After a reload, the outbound side still follows the client identity's files: a renewed
