@@ -59,10 +59,24 @@ impl CurlResult {
         self.exit_code == 0
     }
 
-    /// The response's status line from `-v` output, e.g. `HTTP/2 200` or `HTTP/1.1 200 OK`.
-    pub fn status_line(&self) -> Option<&str> {
+    /// curl's `-v` lines, each without the progress meter that curl may have written in front
+    /// of it. Without `-s`, curl draws its meter on stderr too, as `\r` and columns of figures
+    /// with no newline, and when the response is slow enough the next verbose line is glued to
+    /// it: `\r  0     0 ... --:--:--     0< HTTP/1.1 200 OK`.
+    fn verbose_lines(&self) -> impl DoubleEndedIterator<Item = &str> {
         self.stderr
             .lines()
+            .map(|line| match line.rsplit_once('\r') {
+                Some((_, drawn)) => drawn.trim_start_matches(|c: char| {
+                    c.is_ascii_digit() || matches!(c, ' ' | ':' | '-' | '.' | 'k' | 'M' | 'G')
+                }),
+                None => line,
+            })
+    }
+
+    /// The response's status line from `-v` output, e.g. `HTTP/2 200` or `HTTP/1.1 200 OK`.
+    pub fn status_line(&self) -> Option<&str> {
+        self.verbose_lines()
             .filter_map(|line| line.strip_prefix("< "))
             .find(|line| line.starts_with("HTTP/"))
             .map(str::trim)
@@ -98,8 +112,7 @@ impl CurlResult {
 
     /// curl's own error, e.g. `(56) Recv failure: Connection reset by peer`.
     pub fn error(&self) -> Option<&str> {
-        self.stderr
-            .lines()
+        self.verbose_lines()
             .rev()
             .find_map(|line| line.strip_prefix("curl: "))
     }
@@ -136,8 +149,7 @@ impl CurlResult {
     }
 
     fn verbose_field(&self, prefix: &str) -> Option<&str> {
-        self.stderr
-            .lines()
+        self.verbose_lines()
             .filter_map(|line| line.strip_prefix('*'))
             .find_map(|line| line.trim_start().strip_prefix(prefix))
             .map(str::trim)
@@ -158,6 +170,31 @@ mod tests {
 < HTTP/2 200 
 < content-type: text/html; charset=utf-8
 ";
+
+    /// What a guest's curl wrote once, when the answer took long enough for the progress meter
+    /// to be drawn (the test then saw "no response").
+    const METER_GLUED: &str = "> Host: 198.18.0.2:9081
+> Accept: */*
+> 
+\r  0     0    0     0    0     0      0      0 --:--:-- --:--:-- --:--:--     0< HTTP/1.1 200 OK
+< Server: gunicorn
+\r  0     0    0     0    0     0      0      0 --:--:--  0:00:01 --:--:--     0curl: (56) Recv failure: Connection reset by peer
+";
+
+    #[test]
+    fn parses_verbose_lines_behind_the_progress_meter() {
+        let result = CurlResult {
+            exit_code: 56,
+            stdout: String::new(),
+            stderr: METER_GLUED.to_string(),
+        };
+        assert_eq!(result.http_status(), Some(200));
+        assert_eq!(result.status_line(), Some("HTTP/1.1 200 OK"));
+        assert_eq!(
+            result.error(),
+            Some("(56) Recv failure: Connection reset by peer")
+        );
+    }
 
     #[test]
     fn parses_a_tls_response() {
