@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postern_testbed::{
-    curl, seed_curl_args, CurlResult, Postern, SeedRequest, SeedTopology, Signal, TopologyOptions,
+    curl, seed_curl_args, CurlResult, Postern, PosternOptions, SeedRequest, SeedTopology, Signal,
+    TopologyOptions,
 };
 
 use crate::{
@@ -248,6 +249,54 @@ fn a_configmap_update_is_seen() {
         .wait_for_log("configuration reloaded", Duration::from_secs(20))
         .unwrap();
     assert_after(&run);
+}
+
+/// A SIGHUP sent while postern starts (a config agent that signals on every write, or a
+/// test that signals as soon as it reads "ready") must never end it: SIGHUP's default action
+/// is to terminate.
+#[test]
+fn sighups_while_starting_do_not_stop_postern() {
+    let topology = SeedTopology::build(TopologyOptions::default()).unwrap();
+    let path = write_config(&topology, "ports.yaml", &config(&topology, BEFORE));
+    let options = PosternOptions {
+        wait_ready: false,
+        ..PosternOptions::default()
+    };
+    let mut postern = Postern::start_with(
+        &postern_bin(),
+        &topology,
+        std::slice::from_ref(&path),
+        &[],
+        &options,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // From its first log line on (before that it runs under `unshare` and `sh`, and then the
+    // dynamic loader, which no program can make catch a signal).
+    while postern.log().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no log line");
+        std::thread::yield_now();
+    }
+    let mut sent = 0;
+    while !postern.log().contains("postern is ready") {
+        if !postern.is_running().unwrap() {
+            panic!(
+                "postern ended ({}) after {sent} SIGHUPs while starting:\n{}",
+                postern.wait_exit().unwrap(),
+                postern.log()
+            );
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", postern.log());
+        postern.kill(Signal::Hup).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The last ones may still be on their way: one more after "ready", then it serves.
+    postern.kill(Signal::Hup).unwrap();
+    let mut run = Running { postern, topology };
+    assert_before(&run);
+    assert!(run.postern.is_running().unwrap(), "{}", run.postern.log());
+    assert!(sent > 0);
 }
 
 #[test]

@@ -153,6 +153,10 @@ pub async fn run(
     process: Process,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Caught from the start: a SIGHUP sent as soon as "ready" is logged (or earlier) is a
+    // reload, never the default action, which ends the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
     crate::redirect::check_kernel()?;
     let mut fingerprint = crate::config::fingerprint(&options.config);
     let table = crate::config::load(&options.config, &options.load)?;
@@ -286,8 +290,6 @@ pub async fn run(
     );
     crate::memory::release_free_memory();
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot handle SIGHUP")?;
     let mut tick = tokio::time::interval(RELOAD_INTERVAL);
     let mut handing: Option<oneshot::Receiver<std::io::Result<()>>> = None;
     tokio::pin!(shutdown);

@@ -212,6 +212,16 @@ fn parse_trust_domain(text: &str) -> Result<String, String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process. Until the daemon catches it (before it reads
+    // the configuration), one is dropped: the configuration it asks for is the one read next.
+    // SAFETY: no other thread runs yet, and SIG_IGN installs no handler code.
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    }
+    .context("cannot ignore SIGHUP while starting")?;
     let set_log_filter = init_logging(args.log_format);
     let fd_limit = postern::resources::raise_fd_limit()
         .context("cannot read or raise the file descriptor limit (RLIMIT_NOFILE)")?;
