@@ -41,9 +41,7 @@ impl CopyBuffer {
             match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
                 Poll::Ready(result) => Poll::Ready(result.map(|()| read_buf.filled().len())),
                 Poll::Pending => {
-                    if let Some(buffer) = self.buffer.take() {
-                        give(buffer);
-                    }
+                    self.give_back();
                     Poll::Pending
                 }
             }
@@ -53,11 +51,23 @@ impl CopyBuffer {
     }
 }
 
-impl Drop for CopyBuffer {
-    fn drop(&mut self) {
+impl CopyBuffer {
+    /// The buffer, borrowed from the pool if this direction holds none.
+    pub fn get(&mut self) -> &mut [u8] {
+        self.buffer.get_or_insert_with(take)
+    }
+
+    /// Gives the buffer back to the pool: call before waiting for bytes.
+    pub fn give_back(&mut self) {
         if let Some(buffer) = self.buffer.take() {
             give(buffer);
         }
+    }
+}
+
+impl Drop for CopyBuffer {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 

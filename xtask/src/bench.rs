@@ -22,7 +22,9 @@ use postern_testbed::{require_root, Netns, BPFFS_ROOT};
 
 use crate::process::{cargo, run as run_command, target_dir, workspace_root};
 use certs::{CertSet, KeyKind};
-use contestants::{Certs, Proxy, BACKEND_PORT, POSTERN_PLAIN_PORT, REDIRECT_PORT};
+use contestants::{
+    Certs, Proxy, BACKEND_PORT, HAPROXY_PLAIN_PORT, POSTERN_PLAIN_PORT, REDIRECT_PORT,
+};
 use measure::{cpu_seconds, rss_kib, run_load, Held, LoadReport};
 
 /// What the benchmark installs from Debian: the other contestants, nftables for the
@@ -237,6 +239,14 @@ fn bench(
     }
     contestants::wait_serving(&bench.netns, loadgen, POSTERN_PLAIN_PORT, None)
         .context("postern's plaintext port")?;
+    let haproxy_pid = proxies
+        .iter()
+        .find(|proxy| proxy.name == "haproxy")
+        .map(|proxy| proxy.daemon.pid());
+    if haproxy_pid.is_some() {
+        contestants::wait_serving(&bench.netns, loadgen, HAPROXY_PLAIN_PORT, None)
+            .context("haproxy's plaintext port")?;
+    }
     let postern_pid = proxies[0].daemon.pid();
     let plain_listener = contestants::postern_plain_listener(&bench.netns, loadgen, postern_pid)?;
 
@@ -254,7 +264,7 @@ fn bench(
     for round in 1..=plan.rounds {
         println!("\n== round {round} of {}", plan.rounds);
         bench.tls_round(&proxies, &mut results)?;
-        bench.plain_round(postern_pid, &mut results)?;
+        bench.plain_round(postern_pid, haproxy_pid, &mut results)?;
         bench.steering_round(postern_pid, plain_listener, &mut results)?;
     }
     for mut proxy in proxies {
@@ -386,24 +396,31 @@ impl Bench<'_> {
         args
     }
 
-    /// postern's plaintext port against the backend itself: the floor.
-    fn plain_round(&self, postern_pid: u32, results: &mut Results) -> Result<()> {
-        let paths = [
-            ("postern plaintext", POSTERN_PLAIN_PORT, Some(postern_pid)),
-            ("direct", BACKEND_PORT, None),
-        ];
-        for (label, port, pid) in paths {
+    /// postern's plaintext port against the backend itself (the floor), and haproxy's
+    /// plaintext port when haproxy runs.
+    fn plain_round(
+        &self,
+        postern_pid: u32,
+        haproxy_pid: Option<u32>,
+        results: &mut Results,
+    ) -> Result<()> {
+        let mut paths = vec![("postern plaintext", POSTERN_PLAIN_PORT, Some(postern_pid))];
+        if let Some(pid) = haproxy_pid {
+            paths.push(("haproxy plaintext", HAPROXY_PLAIN_PORT, Some(pid)));
+        }
+        paths.push(("direct", BACKEND_PORT, None));
+        for &(label, port, pid) in &paths {
             let args = self.requests_args(port, false, None);
             let sample = self.measure(pid, &args, Per::Operation)?;
             self.record(results, "plain-requests", label, sample);
         }
-        for (label, port, pid) in paths {
+        for &(label, port, pid) in &paths {
             let args = self.connections_args(port);
             let sample = self.measure(pid, &args, Per::Operation)?;
             self.record(results, "plain-connections", label, sample);
         }
         for (metric, direction) in [("plain-bulk-up", "up"), ("plain-bulk-down", "down")] {
-            for (label, port, pid) in paths {
+            for &(label, port, pid) in &paths {
                 let args = self.bulk_args(port, false, direction);
                 let sample = self.measure(pid, &args, Per::MiB)?;
                 self.record(results, metric, label, sample);

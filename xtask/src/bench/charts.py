@@ -20,6 +20,7 @@ COLOURS = {
     "postern plaintext": "#2a7ab0",
     "eBPF sk_lookup": "#2a7ab0",
     "haproxy": "#d9822b",
+    "haproxy plaintext": "#d9822b",
     "nginx": "#3d9a50",
     "stunnel": "#a05195",
     "direct": "#888888",

@@ -17,6 +17,9 @@ use super::measure::{pinned, run_load, Daemon, CLIENT_CPU, PROXY_CPU};
 pub const BACKEND_PORT: u16 = 8080;
 /// postern's plaintext port (PeerAuthentication DISABLE, no `tls`).
 pub const POSTERN_PLAIN_PORT: u16 = 9083;
+/// haproxy's plaintext port (`mode tcp`, no TLS): a peer's figure next to postern's on the
+/// paths without TLS.
+pub const HAPROXY_PLAIN_PORT: u16 = 9183;
 /// The port an nftables REDIRECT sends to postern's plaintext listener.
 pub const REDIRECT_PORT: u16 = 9483;
 
@@ -241,6 +244,7 @@ pub fn start_haproxy(netns: &Netns, certs: &Certs, work_dir: &Path) -> Result<Pr
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  \
              timeout server 120s\n\
              {}{}\
+             frontend plain\n  bind 127.0.0.1:{HAPROXY_PLAIN_PORT}\n  default_backend app\n\
              backend app\n  server app 127.0.0.1:{BACKEND_PORT}\n",
             // haproxy refuses to start unless every connection's two descriptors fit.
             open_files_limit() / 2 - 50,

@@ -91,6 +91,7 @@ fn contestant_rank(name: &str) -> usize {
     [
         "postern",
         "postern plaintext",
+        "haproxy plaintext",
         "eBPF sk_lookup",
         "haproxy",
         "nginx",
@@ -492,13 +493,18 @@ fn targets(results: &Results) -> String {
         ("plain-requests", "requests/s"),
     ] {
         let (p, d) = (get(metric, "postern plaintext"), get(metric, "direct"));
-        let rates = p.map(|p| p.rate).zip(d.map(|d| d.rate));
+        let rates = p.map(|p| p.rate).zip(d.as_ref().map(|d| d.rate));
+        // A peer on the same path shows what a proxy in the middle costs here.
+        let peer = get(metric, "haproxy plaintext")
+            .zip(d)
+            .map(|(h, d)| format!(" (haproxy plaintext: {:.2}×)", h.rate / d.rate))
+            .unwrap_or_default();
         row(
             format!("plaintext port ≥ 0.9 × the direct path's {what}"),
             rates
                 .map(|(p, d)| {
                     format!(
-                        "{} vs {}: {:.2}×",
+                        "{} vs {}: {:.2}×{peer}",
                         format_number(p),
                         format_number(d),
                         p / d
