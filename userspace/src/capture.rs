@@ -27,8 +27,8 @@ use aya::Ebpf;
 use postern_common::{SocketEndpoint, MESH_DESTINATION_CAPTURE, MESH_DESTINATION_PASS};
 
 use crate::redirect::{
-    adopt_stale_link, open_pinned, prepare_pin_dir, remove_pins, take_and_pin, unpin_all, BoxError,
-    RedirectError, EBPF_OBJECT,
+    adopt_stale_link, load_program, open_pinned, prepare_pin_dir, remove_pins, take_and_pin,
+    unpin_all, BoxError, RedirectError, EBPF_OBJECT,
 };
 
 /// The programs, in attach order: `sock_ops` first, so that every connection the connect
@@ -319,13 +319,13 @@ fn attach_and_pin(ebpf: &mut Ebpf, cgroup: &File, dir: &Path) -> Result<Vec<Pinn
         let link: FdLink = match program {
             aya::programs::Program::SockOps(program) => {
                 let program: &mut SockOps = program;
-                program.load()?;
+                load_program(|| program.load())?;
                 let id = program.attach(cgroup, CgroupAttachMode::Single)?;
                 program.take_link(id)?.try_into()?
             }
             aya::programs::Program::CgroupSockAddr(program) => {
                 let program: &mut CgroupSockAddr = program;
-                program.load()?;
+                load_program(|| program.load())?;
                 let id = program.attach(cgroup, CgroupAttachMode::Single)?;
                 program.take_link(id)?.try_into()?
             }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::lpm_trie::Key;
 use aya::maps::{LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, SockMap};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::SkLookup;
+use aya::programs::{ProgramError, SkLookup};
 use aya::Ebpf;
 use postern_common::{
     Rule, RuleCounters, RuleKey, ANY_PORT, MAX_RULES, RULE_FLAG_INTERCEPT_LOOPBACK,
@@ -623,6 +623,32 @@ fn load(dir: &Path) -> Result<(Ebpf, Maps), BoxError> {
     Ok((ebpf, maps))
 }
 
+/// How often a program load the verifier abandoned for a signal is tried again.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Runs `load` (a program's `load`) again when the verifier gave up because a signal arrived
+/// while it worked (`EAGAIN`): a SIGHUP asking for a reload while postern starts must not
+/// fail the start. libbpf retries the same way.
+pub(crate) fn load_program(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                tracing::debug!(
+                    attempt,
+                    "a signal interrupted the eBPF verifier; loading again"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn attach_and_pin(
     ebpf: &mut Ebpf,
     netns_fd: &File,
@@ -632,7 +658,7 @@ fn attach_and_pin(
         .program_mut(PROGRAM)
         .ok_or("no sk_lookup program in the eBPF object")?
         .try_into()?;
-    program.load()?;
+    load_program(|| program.load())?;
     let link_id = program.attach(netns_fd)?;
     let link: FdLink = program.take_link(link_id)?.into();
     Ok(link.pin(link_path)?)
