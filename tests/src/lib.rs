@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod bench_certs;
 mod certs;
 mod cmd;
 mod curl;
@@ -35,6 +36,7 @@ mod sweep;
 mod topology;
 mod usage;
 
+pub use bench_certs::{CertSet, KeyKind, SERVER_NAME as BENCH_SERVER_NAME};
 pub use certs::{SeedCerts, SEED_OPENSSL_COMMANDS};
 pub use cmd::{display_command, shell_quote};
 pub use curl::{curl, CurlResult};

@@ -8,7 +8,6 @@
 //! On two cores the client saturates before a good proxy does, so next to each rate stands
 //! the proxy's own CPU time per operation, read from /proc over its process tree.
 
-mod certs;
 mod contestants;
 mod measure;
 mod report;
@@ -18,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use postern_testbed::{require_root, Netns, BPFFS_ROOT};
+use postern_testbed::{require_root, CertSet, KeyKind, Netns, BPFFS_ROOT};
 
 use crate::process::{cargo, run as run_command, target_dir, workspace_root};
-use certs::{CertSet, KeyKind};
 use contestants::{
     Certs, Proxy, BACKEND_PORT, HAPROXY_PLAIN_PORT, POSTERN_PLAIN_PORT, REDIRECT_PORT,
 };

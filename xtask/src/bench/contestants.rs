@@ -8,9 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use postern_testbed::Netns;
+use postern_testbed::{CertSet, KeyKind, Netns};
 
-use super::certs::{CertSet, KeyKind};
 use super::measure::{pinned, run_load, Daemon, CLIENT_CPU, PROXY_CPU};
 
 /// Where the backend listens.

@@ -1,5 +1,6 @@
-//! The benchmark's certificates: the seed's shapes (RSA 2048, a CA signing a server and a
-//! client certificate), made by openssl, and the same again with ECDSA P-256.
+//! The benchmarks' certificates (`cargo xtask bench` and postern's Criterion handshake
+//! bench): the seed's shapes (RSA 2048, a CA signing a server and a client certificate), made
+//! by openssl, and the same again with ECDSA P-256.
 //!
 //! One difference from the seed: these are X.509 v3 with a subjectAltName and an extended
 //! key usage. The load generator is a rustls client, which (like every modern client) checks
@@ -10,8 +11,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::process::output;
+use crate::cmd::run_checked;
 
+/// The server certificate's name (its CN and DNS subjectAltName).
 pub const SERVER_NAME: &str = "httpbin.test.svc.cluster.local";
 const CLIENT_NAME: &str = "client.test.svc.cluster.local";
 
@@ -61,13 +63,15 @@ pub struct CertSet {
 }
 
 impl CertSet {
+    /// Makes a CA, and the server and client certificates it issues, with `kind` keys, in
+    /// `work_dir/rsa` or `work_dir/ecdsa`.
     pub fn generate(work_dir: &Path, kind: KeyKind) -> Result<CertSet> {
         let dir = work_dir.join(kind.dir_name());
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let at = |name: &str| dir.join(name);
         let openssl = |args: &[&str]| {
-            output(Command::new("openssl").args(args).current_dir(&dir))
+            run_checked(Command::new("openssl").args(args).current_dir(&dir))
                 .context("openssl failed while making the benchmark's certificates")
         };
         let mut ca = vec!["req", "-x509", "-sha256", "-nodes", "-days", "365"];
