@@ -4,8 +4,10 @@
 //! One accept loop per listener, one task per connection. Every connection ends with exactly
 //! one access-log line (target `postern::access`).
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,7 +250,7 @@ pub(crate) async fn accept_until<F, T>(
     mut on_accept: F,
 ) where
     F: FnMut(TcpStream, SocketAddr) -> T,
-    T: std::future::Future<Output = ()> + Send + 'static,
+    T: Future<Output = ()> + Send + 'static,
 {
     loop {
         if *shutdown.borrow() {
@@ -582,24 +584,20 @@ where
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut app_read, mut app_write) = tokio::io::split(app);
     let activity = Activity::new();
-    let upstream = pump(
+    let upstream = pin!(pump(
         &mut client_read,
         &mut app_write,
         &mut record.bytes_from_client,
         &activity,
-    );
-    let downstream = pump(
+    ));
+    let downstream = pin!(pump(
         &mut app_read,
         &mut client_write,
         &mut record.bytes_to_client,
         &activity,
-    );
-    bounded(
-        async { tokio::try_join!(upstream, downstream) },
-        limits,
-        &activity,
-    )
-    .await
+    ));
+    let both = pin!(async { tokio::try_join!(upstream, downstream) });
+    bounded(both, limits, &activity).await
 }
 
 /// [`splice`] for a plaintext client: the same half-closes, counts and limits, with the bytes
@@ -611,18 +609,20 @@ async fn splice_plain(
     limits: &ConnectionLimits,
 ) -> Result<(), Failure> {
     let activity = Activity::new();
-    let upstream = zero_copy::pump(client, app, &mut record.bytes_from_client, || {
-        activity.touch()
-    });
-    let downstream = zero_copy::pump(app, client, &mut record.bytes_to_client, || {
-        activity.touch()
-    });
-    bounded(
-        async { tokio::try_join!(upstream, downstream) },
-        limits,
-        &activity,
-    )
-    .await
+    let upstream = pin!(zero_copy::pump(
+        client,
+        app,
+        &mut record.bytes_from_client,
+        || activity.touch()
+    ));
+    let downstream = pin!(zero_copy::pump(
+        app,
+        client,
+        &mut record.bytes_to_client,
+        || activity.touch()
+    ));
+    let both = pin!(async { tokio::try_join!(upstream, downstream) });
+    bounded(both, limits, &activity).await
 }
 
 /// When a connection started and when a byte last moved either way, for the idle timeout.
@@ -648,30 +648,39 @@ impl Activity {
 
 /// Runs both directions of a connection until they finish, the port's idle timeout or its
 /// maximum duration, whichever comes first.
+///
+/// Every future here lives as long as the connection, so none is held twice: `both` comes
+/// pinned by its caller, and the timers are made where `select!` keeps them. (A future passed
+/// by value, or kept in a local before `select!` moves it, occupies room in the connection's
+/// task twice.)
 async fn bounded<T>(
-    both: impl std::future::Future<Output = io::Result<T>>,
+    both: Pin<&mut impl Future<Output = io::Result<T>>>,
     limits: &ConnectionLimits,
     activity: &Activity,
 ) -> Result<(), Failure> {
-    let idle = async {
-        match limits.idle_timeout {
-            Some(limit) => idle_watch(limit, activity).await,
-            None => std::future::pending().await,
-        }
-    };
-    let lifetime = async {
-        match limits.max_connection_duration {
-            Some(limit) => {
-                tokio::time::sleep(limit).await;
-                Failure::MaxDuration(limit)
-            }
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         done = both => done.map(|_| ()).map_err(Failure::Splice),
-        failure = idle => Err(failure),
-        failure = lifetime => Err(failure),
+        failure = idle_limit(limits.idle_timeout, activity) => Err(failure),
+        failure = lifetime_limit(limits.max_connection_duration) => Err(failure),
+    }
+}
+
+/// Completes when the connection has been idle for the port's idle timeout, if it has one.
+async fn idle_limit(limit: Option<Duration>, activity: &Activity) -> Failure {
+    match limit {
+        Some(limit) => idle_watch(limit, activity).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the connection has been open for the port's maximum duration, if it has one.
+async fn lifetime_limit(limit: Option<Duration>) -> Failure {
+    match limit {
+        Some(limit) => {
+            tokio::time::sleep(limit).await;
+            Failure::MaxDuration(limit)
+        }
+        None => std::future::pending().await,
     }
 }
 
