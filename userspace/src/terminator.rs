@@ -510,16 +510,21 @@ where
 }
 
 /// Relays a plaintext client to the app, the bytes passed along in the kernel.
-async fn plain_to_app(
+///
+/// Its state lives on the heap: it is the largest of the policies', and inline it would set
+/// the size of every connection's task, a TLS connection's too.
+fn plain_to_app<'a>(
     client: TcpStream,
-    service: &PortService,
+    service: &'a PortService,
     port: u16,
-    record: &mut Record,
-) -> Result<(), Failure> {
-    match connect_app(service, port).await? {
-        App::Tcp(app) => splice_plain(&client, &app, record, &service.limits).await,
-        App::Unix(app) => splice_plain(&client, &app, record, &service.limits).await,
-    }
+    record: &'a mut Record,
+) -> Pin<Box<impl Future<Output = Result<(), Failure>> + 'a>> {
+    Box::pin(async move {
+        match connect_app(service, port).await? {
+            App::Tcp(app) => splice_plain(&client, &app, record, &service.limits).await,
+            App::Unix(app) => splice_plain(&client, &app, record, &service.limits).await,
+        }
+    })
 }
 
 /// Connects to the port's app under the connect timeout.
