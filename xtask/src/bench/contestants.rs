@@ -33,6 +33,13 @@ pub fn open_files_limit() -> u64 {
         .unwrap_or(1024)
 }
 
+/// The connections a proxy is allowed at once: as many as their two descriptors each fit in
+/// the open files limit, with a few to spare. postern's own default keeps 256 spare, which
+/// would refuse the last of the harness's held connections.
+fn max_connections() -> u64 {
+    open_files_limit() / 2 - 50
+}
+
 /// `--nofile=HARD:HARD` for prlimit: the soft limit raised to the hard one.
 fn open_files_arg() -> String {
     let limit = open_files_limit();
@@ -198,6 +205,7 @@ pub fn start_postern(
         .arg("--admin-socket")
         .arg(work_dir.join("postern-admin.sock"))
         .args(["--admin-address", "127.0.0.1:0"])
+        .args(["--max-connections", &max_connections().to_string()])
         // One access-log line per connection is a cost the other contestants, configured
         // without access logs, do not pay.
         .env("POSTERN_LOG", "info,postern::access=off");
@@ -246,7 +254,7 @@ pub fn start_haproxy(netns: &Netns, certs: &Certs, work_dir: &Path) -> Result<Pr
              frontend plain\n  bind 127.0.0.1:{HAPROXY_PLAIN_PORT}\n  default_backend app\n\
              backend app\n  server app 127.0.0.1:{BACKEND_PORT}\n",
             // haproxy refuses to start unless every connection's two descriptors fit.
-            open_files_limit() / 2 - 50,
+            max_connections(),
             bind(rsa_port, &certs.rsa),
             bind(ecdsa_port, &certs.ecdsa)
         ),
