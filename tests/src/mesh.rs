@@ -280,30 +280,12 @@ impl MeshClient {
     fn wire(topology: &SeedTopology, netns: Netns, cgroup: Cgroup) -> Result<MeshClient> {
         let pod = topology.pod();
         netns
-            .ip([
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth1",
-                "netns",
-                pod.name(),
-            ])
+            .link_veth(
+                ("eth0", MESH_CLIENT_IPV4, MESH_CLIENT_IPV6),
+                pod,
+                ("eth1", POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6),
+            )
             .context("cannot link the mesh client to the pod")?;
-        for (ns, link, v4, v6) in [
-            (&netns, "eth0", MESH_CLIENT_IPV4, MESH_CLIENT_IPV6),
-            (pod, "eth1", POD_MESH_LINK_IPV4, POD_MESH_LINK_IPV6),
-        ] {
-            ns.ip(["addr", "add", &format!("{v4}/24"), "dev", link])?;
-            ns.ip(["addr", "add", &format!("{v6}/64"), "dev", link, "nodad"])?;
-        }
-        for (ns, link) in [(&netns, "eth0"), (pod, "eth1")] {
-            ns.ip(["link", "set", link, "up"])?;
-        }
-        netns.ip(["link", "set", "lo", "up"])?;
         netns.ip([
             "route",
             "add",

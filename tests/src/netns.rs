@@ -1,6 +1,7 @@
 //! Named network namespaces (`ip netns`) that delete themselves.
 
 use std::ffi::OsStr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -118,6 +119,30 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.arg("-n").arg(&self.name).args(args);
         run_checked(&mut cmd)
+    }
+
+    /// Links this namespace (its end named `link`) to `peer` (its end named `peer_link`) by a
+    /// veth pair, gives each end its addresses (`/24` and `/64`, the IPv6 one without duplicate
+    /// address detection) and brings both ends and both `lo` up.
+    pub fn link_veth(
+        &self,
+        (link, ipv4, ipv6): (&str, Ipv4Addr, Ipv6Addr),
+        peer: &Netns,
+        (peer_link, peer_ipv4, peer_ipv6): (&str, Ipv4Addr, Ipv6Addr),
+    ) -> Result<()> {
+        self.ip([
+            "link", "add", link, "type", "veth", "peer", "name", peer_link, "netns", &peer.name,
+        ])?;
+        for (ns, link, v4, v6) in [
+            (self, link, ipv4, ipv6),
+            (peer, peer_link, peer_ipv4, peer_ipv6),
+        ] {
+            ns.ip(["addr", "add", &format!("{v4}/24"), "dev", link])?;
+            ns.ip(["addr", "add", &format!("{v6}/64"), "dev", link, "nodad"])?;
+            ns.ip(["link", "set", link, "up"])?;
+            ns.ip(["link", "set", "lo", "up"])?;
+        }
+        Ok(())
     }
 
     /// The pids of the processes inside the namespace (`ip netns pids`).

@@ -367,26 +367,9 @@ pub(crate) fn detach(cmd: &mut std::process::Command) {
 
 /// veth `eth0` in both namespaces, the seed's addresses, `lo` up.
 fn connect(pod: &Netns, client: &Netns) -> Result<()> {
-    pod.ip([
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        client.name(),
-    ])?;
-    for (ns, v4, v6) in [
-        (pod, "198.18.0.2/24", "2001:db8::2/64"),
-        (client, "198.18.0.1/24", "2001:db8::1/64"),
-    ] {
-        ns.ip(["addr", "add", v4, "dev", "eth0"])?;
-        ns.ip(["addr", "add", v6, "dev", "eth0", "nodad"])?;
-        ns.ip(["link", "set", "eth0", "up"])?;
-        ns.ip(["link", "set", "lo", "up"])?;
-    }
-    Ok(())
+    pod.link_veth(
+        ("eth0", POD_IPV4, POD_IPV6),
+        client,
+        ("eth0", CLIENT_IPV4, CLIENT_IPV6),
+    )
 }

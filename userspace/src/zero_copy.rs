@@ -262,7 +262,8 @@ pub async fn pump(
     loop {
         buffer.give_back();
         from.ready(Interest::READABLE).await?;
-        let received = match receive(from, buffer.get()) {
+        let bytes = buffer.get();
+        let received = match receive(from, bytes) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e)
@@ -275,9 +276,10 @@ pub async fn pump(
             }
             Err(e) => return Err(e),
         };
-        let full = received == buffer.get().len();
-        send_all(to, &buffer.get()[..received], moved, &activity).await?;
-        if full && splice_burst(from, to, &mut borrowed, moved, &activity).await? {
+        send_all(to, &bytes[..received], moved, &activity).await?;
+        if received == bytes.len()
+            && splice_burst(from, to, &mut borrowed, moved, &activity).await?
+        {
             break;
         }
     }
