@@ -252,17 +252,17 @@ fn revoking_a_client_takes_effect_on_reload() {
     );
 }
 
-/// `openssl s_client -brief` from the client namespace with the seed's client certificate;
-/// stdin is closed, so it ends once the handshake is done. Returns whether it succeeded, and
-/// its output.
-fn s_client(topology: &SeedTopology, version: &str) -> (bool, String) {
+/// `openssl s_client -brief` to `port` from the client namespace with the seed's client
+/// certificate; stdin is closed, so it ends once the handshake is done. Returns whether it
+/// succeeded, and its output.
+fn s_client(topology: &SeedTopology, port: u16, version: &str) -> (bool, String) {
     let certs = topology.certs();
     let output = topology
         .client()
         .command("timeout")
         .args(["20", "openssl", "s_client", "-brief", version])
         .arg("-connect")
-        .arg(format!("{}:9080", topology.pod_ipv4()))
+        .arg(format!("{}:{port}", topology.pod_ipv4()))
         .arg("-cert")
         .arg(&certs.client_cert)
         .arg("-key")
@@ -286,10 +286,37 @@ fn max_protocol_version_tls12_refuses_tls13() {
     // (without an app it would close at once, racing s_client's own verdict).
     let topology = SeedTopology::build(TopologyOptions::default()).expect("topology");
     let run = start(topology, &[(9080, "      maxProtocolVersion: TLSV1_2\n")]);
-    let (ok, output) = s_client(&run.topology, "-tls1_3");
+    let (ok, output) = s_client(&run.topology, 9080, "-tls1_3");
     assert!(!ok, "TLS 1.3 handshake succeeded:\n{output}");
     assert!(output.contains("protocol version"), "{output}");
-    let (ok, output) = s_client(&run.topology, "-tls1_2");
+    let (ok, output) = s_client(&run.topology, 9080, "-tls1_2");
     assert!(ok, "TLS 1.2 handshake failed:\n{output}");
     assert!(output.contains("Protocol version: TLSv1.2"), "{output}");
+}
+
+/// OpenSSL clients list AES-256-GCM first. postern chooses by its own order, as Envoy does:
+/// AES-128-GCM by default, and the order `cipherSuites` gives for TLS 1.2.
+#[test]
+fn the_server_chooses_the_cipher_suite() {
+    let topology = SeedTopology::build(TopologyOptions::default()).expect("topology");
+    let run = start(
+        topology,
+        &[
+            (9080, ""),
+            (
+                9443,
+                "      cipherSuites: [ECDHE-RSA-CHACHA20-POLY1305, ECDHE-RSA-AES256-GCM-SHA384]\n",
+            ),
+        ],
+    );
+    for (port, version, suite) in [
+        (9080, "-tls1_3", "Ciphersuite: TLS_AES_128_GCM_SHA256"),
+        (9080, "-tls1_2", "Ciphersuite: ECDHE-RSA-AES128-GCM-SHA256"),
+        (9443, "-tls1_3", "Ciphersuite: TLS_AES_128_GCM_SHA256"),
+        (9443, "-tls1_2", "Ciphersuite: ECDHE-RSA-CHACHA20-POLY1305"),
+    ] {
+        let (ok, output) = s_client(&run.topology, port, version);
+        assert!(ok, "port {port} {version}: handshake failed:\n{output}");
+        assert!(output.contains(suite), "port {port} {version}: {output}");
+    }
 }

@@ -92,11 +92,12 @@ pub fn server_config(identity: &MeshIdentity) -> Result<Arc<ServerConfig>, TlsEr
         webpki,
         trust_domain: identity.trust_domain.clone(),
     };
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
         .map_err(|e| rustls_error(identity, e))?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

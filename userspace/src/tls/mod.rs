@@ -217,6 +217,7 @@ pub fn server_config(
 
     let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key)));
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
