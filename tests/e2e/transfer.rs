@@ -1,5 +1,5 @@
-//! h: 64 MiB up and 64 MiB down through the mutual-TLS port (the copy loop) and through a
-//! plaintext port (`splice(2)`) arrive byte-exact, and a half-close from either side is passed
+//! h: 64 MiB up and 64 MiB down through the mutual-TLS port and through a plaintext port
+//! arrive byte-exact, and a half-close from either side is passed
 //! on while the other direction keeps flowing. The client is socat (with OpenSSL for TLS), a
 //! real client that half-closes on end of input.
 

@@ -22,4 +22,3 @@ pub mod redirect;
 pub mod resources;
 pub mod terminator;
 pub mod tls;
-pub mod zero_copy;

@@ -22,7 +22,6 @@ use crate::metrics::{AcceptError, HandshakeFailure, LimitMetrics, PortMetrics};
 use crate::netns::Netns;
 use crate::policy::{ConnectionLimits, Endpoint};
 use crate::tls::reload::TlsSource;
-use crate::zero_copy;
 
 /// Source address of postern's connections to the app; the eBPF program never intercepts it.
 pub const APP_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
@@ -509,22 +508,17 @@ where
     }
 }
 
-/// Relays a plaintext client to the app, the bytes passed along in the kernel.
+/// Relays a plaintext client to the app with the copy loop, like [`to_app`] for TLS.
 ///
-/// Its state lives on the heap: it is the largest of the policies', and inline it would set
-/// the size of every connection's task, a TLS connection's too.
+/// Its state lives on the heap, so that it does not add to the size of every connection's
+/// task, a TLS connection's too.
 fn plain_to_app<'a>(
     client: TcpStream,
     service: &'a PortService,
     port: u16,
     record: &'a mut Record,
 ) -> Pin<Box<impl Future<Output = Result<(), Failure>> + 'a>> {
-    Box::pin(async move {
-        match connect_app(service, port).await? {
-            App::Tcp(app) => splice_plain(&client, &app, record, &service.limits).await,
-            App::Unix(app) => splice_plain(&client, &app, record, &service.limits).await,
-        }
-    })
+    Box::pin(to_app(client, service, port, record))
 }
 
 /// Connects to the port's app under the connect timeout.
@@ -600,31 +594,6 @@ where
         &mut client_write,
         &mut record.bytes_to_client,
         &activity,
-    ));
-    let both = pin!(async { tokio::try_join!(upstream, downstream) });
-    bounded(both, limits, &activity).await
-}
-
-/// [`splice`] for a plaintext client: the same half-closes, counts and limits, with the bytes
-/// moved by `splice(2)` instead of copied.
-async fn splice_plain(
-    client: &TcpStream,
-    app: &impl zero_copy::Socket,
-    record: &mut Record,
-    limits: &ConnectionLimits,
-) -> Result<(), Failure> {
-    let activity = Activity::new();
-    let upstream = pin!(zero_copy::pump(
-        client,
-        app,
-        &mut record.bytes_from_client,
-        || activity.touch()
-    ));
-    let downstream = pin!(zero_copy::pump(
-        app,
-        client,
-        &mut record.bytes_to_client,
-        || activity.touch()
     ));
     let both = pin!(async { tokio::try_join!(upstream, downstream) });
     bounded(both, limits, &activity).await
