@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
@@ -670,10 +670,7 @@ async fn original_destination(
 /// leaves by its routes and addresses. The socket belongs to postern's cgroup, so the capture
 /// programs do not see it.
 async fn connect(netns: &Netns, destination: SocketAddr) -> io::Result<TcpStream> {
-    let socket = netns.run(|| match destination {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    })?;
+    let socket = netns.tcp_socket(destination)?;
     socket.set_nodelay(true)?;
     socket.connect(destination).await
 }

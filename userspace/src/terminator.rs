@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -564,8 +564,9 @@ enum App {
 
 /// Connects to the app from 127.0.0.6, inside the workload's network namespace.
 async fn connect_tcp(netns: &Netns, addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = netns.run(TcpSocket::new_v4)?;
-    socket.bind(SocketAddr::from((APP_SOURCE, 0)))?;
+    let source = SocketAddr::from((APP_SOURCE, 0));
+    let socket = netns.tcp_socket(source)?;
+    socket.bind(source)?;
     socket.set_nodelay(true)?;
     socket.connect(addr).await
 }
