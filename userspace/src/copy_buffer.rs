@@ -2,10 +2,10 @@
 //!
 //! An idle connection spends its life waiting in `read`. Giving that read a 64 KiB buffer
 //! of its own would cost every idle connection 128 KiB (one buffer per direction), eight
-//! times the budget of a whole connection. Instead each poll borrows a buffer from a pool of the
-//! thread's and gives it back as soon as the read has nothing to return (`Pending`): an idle
-//! connection holds none, and a busy one keeps its buffer from one read to the next without
-//! an allocation.
+//! times the budget of a whole connection. Instead each poll borrows a buffer from a pool of
+//! the thread's and gives it back as soon as the read has nothing to return (`Pending`): an
+//! idle connection holds none, and a busy one keeps its buffer from one read to the next
+//! without an allocation.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
